@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install invad into it, editable.
+# The environment lives in a cache folder outside the checkout, because PyPI's torch is a CUDA build of
+# several GB: a fresh machine pays for it once, later runs and fresh clones reuse it.
+# Prints the path of the environment's python on its last line.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${INVAD_CACHE:-$HOME/.cache/invad}
+venv=${INVAD_VENV:-$cache/venv}
+python=${PYTHON:-python3}
+
+mkdir -p "$cache"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating virtual environment $venv" >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+fi
+# Reinstall only when the dependency list or the checkout location changed.
+stamp="$venv/.invad-stamp"
+want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16) $repo"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing invad and its dependencies into $venv (first time: several minutes, torch is large)" >&2
+  "$venv/bin/pip" install -q -e "$repo[test]" >&2
+  echo "$want" > "$stamp"
+fi
+echo "$venv/bin/python"

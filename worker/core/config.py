@@ -1,0 +1,89 @@
+"""The detector's own configuration: what a bundle needs besides weights to reproduce every score."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .backbone import BackboneSpec
+from .inversion import MAX_STEPS
+from .scoring import COMPONENTS
+
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCORE_KINDS = ("inversion", "reconstruction", "gaussian")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """The reconstruction baseline: noise features to ``t_start``, DDIM-denoise back in ``steps``."""
+
+    t_start: int = 400
+    steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.t_start <= 999 or not 1 <= self.steps <= self.t_start:
+            raise ValueError(f"reconstruction needs 1 <= steps <= t_start <= 999, got {self}")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Frozen settings of one detector bundle (``detector_config.json``).
+
+    ``classes`` are the product keys the bundle serves (one class: an unconditional model).
+    ``score_components`` are standardised on held-out normals and averaged into the image score.
+    """
+
+    name: str = "invad"
+    image_size: int = 256
+    normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
+    normalize_std: tuple[float, float, float] = IMAGENET_STD
+    backbone: str = "efficientnet-lite0"
+    strides: tuple[int, ...] = (4, 8, 16)
+    classes: tuple[str, ...] = ("default",)
+    steps: int = 3
+    score_components: tuple[str, ...] = ("nll", "map_max")
+    map_sigma: float = 4.0
+    target_fpr: float = 0.01
+    threshold_method: str = "fpr"
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        BackboneSpec(self.backbone, tuple(self.strides), self.image_size)  # validates the three
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
+        if not self.classes or len(set(self.classes)) != len(self.classes) or not all(self.classes):
+            raise ValueError(f"classes must be distinct non-empty names, got {self.classes}")
+        unknown = [c for c in self.score_components if c not in COMPONENTS]
+        if unknown or not self.score_components:
+            raise ValueError(f"score_components {list(self.score_components)}: choose from {', '.join(COMPONENTS)}")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.threshold_method not in ("fpr", "f1max"):
+            raise ValueError(f"threshold_method must be 'fpr' or 'f1max', got {self.threshold_method!r}")
+        if self.map_sigma < 0:
+            raise ValueError(f"map_sigma must be >= 0, got {self.map_sigma}")
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        return BackboneSpec(self.backbone, tuple(self.strides), self.image_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DetectorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown detector config keys {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if "reconstruction" in data:
+            data["reconstruction"] = ReconstructionConfig(**data["reconstruction"])
+        return cls(**data)

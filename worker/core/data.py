@@ -1,0 +1,122 @@
+"""Finding images on disk: folders of normal images, MVTec AD categories, and the ELPV solar-cell set.
+
+MVTec AD layout (the de-facto standard):
+    CATEGORY/train/good/*.png
+    CATEGORY/test/good/*.png, CATEGORY/test/<defect>/*.png
+    CATEGORY/ground_truth/<defect>/<stem>_mask.png
+
+ELPV (``elpv-dataset`` on PyPI, 2,624 cells): cells labelled 0.0 are normal, 1.0 defective; 1/3 and
+2/3 are left out. Fixed split: the normal cells sorted by file name and shuffled with
+``numpy.random.default_rng(0)``; the first 60 % train, the remaining 40 % and every defective cell test.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .images import is_image_file
+
+ELPV = "elpv"
+ELPV_TRAIN_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 normal, 1 anomalous
+    mask: Path | None = None
+    defect: str = "good"
+    cls: str = "default"
+
+
+class DatasetLayoutError(ValueError):
+    """A data folder that is empty or not in a supported layout."""
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted for reproducibility."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def is_mvtec_category(folder: Path) -> bool:
+    return (folder / "train").is_dir() or (folder / "test").is_dir()
+
+
+def normal_training_images(data: str | os.PathLike) -> list[Path]:
+    """Normal images for training from one DATA argument (a folder, an MVTec category, or ``elpv``).
+
+    Raises:
+        DatasetLayoutError: the folder does not exist, holds no images, or is an MVTec category
+            without ``train/good``.
+    """
+    if str(data) == ELPV:
+        return [s.path for s in elpv_split()[0]]
+    folder = Path(data)
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"training data {folder} is not a folder")
+    if is_mvtec_category(folder):
+        good = folder / "train" / "good"
+        if not good.is_dir():
+            raise DatasetLayoutError(f"{folder} looks like an MVTec AD category (it has train/ or test/) but has "
+                                     f"no train/good folder; put the normal training images in {good}")
+        folder = good
+    images = list_images(folder)
+    if not images:
+        raise DatasetLayoutError(f"no images in {folder} (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)")
+    return images
+
+
+def mvtec_test_set(category: str | os.PathLike, cls: str = "default") -> list[Sample]:
+    """Labelled test samples of an MVTec AD category, with mask paths where masks exist."""
+    category = Path(category)
+    test = category / "test"
+    if not test.is_dir():
+        raise DatasetLayoutError(f"{category} has no test/ folder: expected the MVTec AD layout "
+                                 "CATEGORY/test/good and CATEGORY/test/<defect>")
+    samples: list[Sample] = []
+    for defect_dir in sorted(p for p in test.iterdir() if p.is_dir()):
+        defect = defect_dir.name
+        for path in list_images(defect_dir):
+            mask = None
+            if defect != "good":
+                candidates = sorted((category / "ground_truth" / defect).glob(f"{path.stem}_mask.*"))
+                mask = candidates[0] if candidates else None
+            samples.append(Sample(path, 0 if defect == "good" else 1, mask, defect, cls))
+    if not samples:
+        raise DatasetLayoutError(f"no test images under {test}")
+    if all(s.label == 0 for s in samples) or all(s.label == 1 for s in samples):
+        raise DatasetLayoutError(f"{test} needs both good and defective images to evaluate")
+    return samples
+
+
+def elpv_root() -> Path:
+    try:
+        import elpv_dataset
+    except ImportError as error:
+        raise DatasetLayoutError("the ELPV data set needs the elpv-dataset package: pip install elpv-dataset") from error
+    return Path(elpv_dataset.__file__).parent / "data"
+
+
+def elpv_split() -> tuple[list[Sample], list[Sample]]:
+    """(train, test) samples of the fixed ELPV split described in the module docstring."""
+    root = elpv_root()
+    rows = np.genfromtxt(root / "labels.csv", dtype=["|S64", "<f8", "|S8"], names=["path", "probability", "type"])
+    normal = sorted(str(p.decode()) for p, prob in zip(rows["path"], rows["probability"]) if prob == 0.0)
+    defective = sorted(str(p.decode()) for p, prob in zip(rows["path"], rows["probability"]) if prob == 1.0)
+    order = np.random.default_rng(0).permutation(len(normal))
+    cut = int(round(ELPV_TRAIN_FRACTION * len(normal)))
+    train = [Sample(root / normal[i], 0) for i in order[:cut]]
+    test = [Sample(root / normal[i], 0) for i in sorted(order[cut:])]
+    test += [Sample(root / p, 1, None, "defect") for p in defective]
+    return train, test
+
+
+def test_samples(data: str | os.PathLike) -> list[Sample]:
+    """Labelled test samples for ``invad eval``: ``elpv`` or an MVTec AD category folder."""
+    if str(data) == ELPV:
+        return elpv_split()[1]
+    return mvtec_test_set(data)

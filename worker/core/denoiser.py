@@ -1,0 +1,92 @@
+"""The noise predictor eps_theta(x_t, t [, class]) on the feature grid.
+
+A residual conv net on (B, C, g, g) features: no down-sampling (the grid is already 16 x 16), each
+block conditioned on the timestep (and optionally the product class) through a scale and shift of its
+normalised activations, as in the ADM/DiT "adaptive norm" conditioning. Built on diffusers'
+``ModelMixin``/``ConfigMixin`` so ``save_pretrained``/``from_pretrained`` write config JSON plus
+safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer or real timesteps: (B,) -> (B, dim)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device) / half)
+    angles = timesteps.float()[:, None] * frequencies[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class _Block(nn.Module):
+    """x + conv(act(norm(x) * (1 + scale) + shift)) twice; zero-initialised last conv (identity at start)."""
+
+    def __init__(self, width: int, cond_dim: int, kernel_size: int, groups: int):
+        super().__init__()
+        padding = kernel_size // 2
+        self.norm1 = nn.GroupNorm(groups, width)
+        self.conv1 = nn.Conv2d(width, width, kernel_size, padding=padding)
+        self.norm2 = nn.GroupNorm(groups, width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size, padding=padding)
+        self.modulation = nn.Linear(cond_dim, 2 * width)
+        self.act = nn.SiLU()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(cond)[:, :, None, None].chunk(2, dim=1)  # (B, W, 1, 1) each
+        h = self.conv1(self.act(self.norm1(x)))
+        h = self.norm2(h) * (1 + scale) + shift
+        return x + self.conv2(self.act(h))
+
+
+class FeatureDenoiser(ModelMixin, ConfigMixin):
+    """eps_theta: (x_t (B, C, g, g), t (B,), class_labels (B,) or None) -> eps (B, C, g, g).
+
+    Args:
+        in_channels: feature channels C.
+        width: hidden channels.
+        num_blocks: residual blocks.
+        kernel_size: 1 makes it a per-position MLP (DiT with patch size 1 without attention); 3 lets
+            each position see its neighbours.
+        num_classes: 0 for an unconditional model; N for N product classes.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, in_channels: int, width: int = 256, num_blocks: int = 4, kernel_size: int = 3,
+                 num_classes: int = 0, time_embed_dim: int = 128):
+        super().__init__()
+        if in_channels < 1 or width < 8 or num_blocks < 1 or kernel_size not in (1, 3, 5):
+            raise ValueError(f"bad denoiser shape: in_channels={in_channels}, width={width}, "
+                             f"num_blocks={num_blocks}, kernel_size={kernel_size} (1, 3 or 5)")
+        groups = math.gcd(width, 32)
+        cond_dim = 4 * time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.class_embedding = nn.Embedding(num_classes, cond_dim) if num_classes > 0 else None
+        self.proj_in = nn.Conv2d(in_channels, width, 1)
+        self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups) for _ in range(num_blocks))
+        self.norm_out = nn.GroupNorm(groups, width)
+        self.proj_out = nn.Conv2d(width, in_channels, 1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if timestep.ndim == 0:
+            timestep = timestep.expand(sample.shape[0])
+        cond = self.time_mlp(timestep_embedding(timestep, self.config.time_embed_dim).to(sample.dtype))  # (B, D)
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this denoiser is class-conditional: pass class_labels")
+            cond = cond + self.class_embedding(class_labels)
+        h = self.proj_in(sample)  # (B, W, g, g)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.proj_out(nn.functional.silu(self.norm_out(h)))  # (B, C, g, g)

@@ -1,0 +1,234 @@
+"""The detector: images in, calibrated anomaly scores and maps out.
+
+    images -> resize, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g), standardised per channel
+           -> S-step DDIM inversion z = x_S -> NLL, latent-norm map, range -> calibrated image score
+
+Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
+the Gaussian baseline) are buffers, so they travel with the weights in one bundle
+(:mod:`worker.core.bundle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .backbone import FeatureExtractor
+from .config import DetectorConfig
+from .denoiser import FeatureDenoiser
+from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
+from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-image results of one batch (field names follow anomalib's)."""
+
+    pred_score: np.ndarray  # (B,) float32, calibrated image score (standard units of normal images)
+    pred_label: np.ndarray  # (B,) bool, pred_score > threshold
+    anomaly_map: np.ndarray  # (B, image_size, image_size) float32, per-pixel standardised score
+    threshold: np.ndarray  # (B,) float32, the threshold of each image's class
+    timings_ms: dict[str, float]
+
+
+def select_device(requested: str | torch.device | None = None) -> torch.device:
+    """``requested`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
+    if requested is None or str(requested) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+class Detector(nn.Module):
+    """InvAD detector. Build with :meth:`from_pretrained`, or :func:`worker.core.train.train` for a new one."""
+
+    def __init__(self, config: DetectorConfig, extractor: FeatureExtractor, denoiser: FeatureDenoiser,
+                 alphas_cumprod: torch.Tensor, scheduler_config: dict | None = None):
+        super().__init__()
+        self.config = config
+        self.extractor = extractor
+        self.denoiser = denoiser
+        self.scheduler_config = scheduler_config or {}
+        k, c, g = len(config.classes), extractor.channels, extractor.grid
+        n = len(config.score_components)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone())
+        self.register_buffer("pixel_mean", torch.tensor(config.normalize_mean).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(config.normalize_std).view(1, 3, 1, 1))
+        self.register_buffer("feature_mean", torch.zeros(c))
+        self.register_buffer("feature_std", torch.ones(c))
+        self.register_buffer("position_mean", torch.zeros(k, g, g))
+        self.register_buffer("position_std", torch.ones(k, g, g))
+        self.register_buffer("calib_mean", torch.zeros(k, n))
+        self.register_buffer("calib_std", torch.ones(k, n))
+        self.register_buffer("thresholds", torch.full((k,), float("inf")))
+        self.register_buffer("gauss_mean", torch.zeros(k, c, g, g))
+        self.register_buffer("gauss_std", torch.ones(k, c, g, g))
+        self.version = "unsaved"
+        self.eval()
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.config.classes
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def class_indices(self, classes: Sequence[str] | None, batch: int) -> torch.Tensor:
+        """(B,) class indices; ``None`` is allowed only for a single-class bundle."""
+        if classes is None:
+            if len(self.classes) > 1:
+                raise ValueError(f"this bundle serves several products {list(self.classes)}: name one per image")
+            return torch.zeros(batch, dtype=torch.long, device=self.device)
+        if len(classes) != batch:
+            raise ValueError(f"got {len(classes)} class names for {batch} images")
+        lookup = {name: i for i, name in enumerate(self.classes)}
+        unknown = sorted({c for c in classes if c not in lookup})
+        if unknown:
+            raise ValueError(f"unknown product(s) {unknown}; this bundle serves {list(self.classes)}")
+        return torch.tensor([lookup[c] for c in classes], dtype=torch.long, device=self.device)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize RGB PIL images to (B, 3, S, S) floats in [0, 1] (on the CPU, pinned for CUDA)."""
+        size = self.config.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        return pixels.pin_memory() if self.device.type == "cuda" else pixels
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Standardised backbone features x0 (B, C, g, g) of [0, 1] pixels (B, 3, S, S)."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        x = (pixels - self.pixel_mean) / self.pixel_std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            raw = self.extractor(x)
+        return (raw.float() - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
+
+    def eps_fn(self, labels: torch.Tensor):
+        """eps_theta as a function of (x_t, t) for fixed class labels; float32 in and out."""
+        class_labels = labels if self.denoiser.config.num_classes > 0 else None
+
+        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.denoiser(x_t, t, class_labels).float()
+
+        return eps
+
+    def invert(self, x0: torch.Tensor, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """z = DDIM inversion of x0 (B, C, g, g) in ``steps`` (default: the bundle's) network evaluations."""
+        timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
+        return ddim_invert(self.eps_fn(labels), x0, self.alphas_cumprod, timesteps)
+
+    def reconstruct(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The reconstruction baseline: x0 noised to t_start with fixed noise, then DDIM-denoised to 0."""
+        rc = self.config.reconstruction
+        generator = torch.Generator().manual_seed(rc.seed)
+        noise = torch.randn(x0.shape[1:], generator=generator).to(x0.device)  # same for every image
+        x_t = q_sample(x0, noise.expand_as(x0), self.alphas_cumprod[rc.t_start])
+        timesteps = [round(rc.t_start * (1 - k / rc.steps)) for k in range(rc.steps + 1)]
+        return ddim_sample(self.eps_fn(labels), x_t, self.alphas_cumprod, timesteps)
+
+    def raw_maps(self, x0: torch.Tensor, labels: torch.Tensor, kind: str = "inversion",
+                 steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Unstandardised outputs of one scoring method on features x0 (B, C, g, g).
+
+        inversion: ``norm`` (B, g, g) latent-norm map and ``nll`` (B,); reconstruction: ``norm``, the
+        per-position feature error; gaussian: ``norm``, the diagonal Mahalanobis distance per position.
+        """
+        if kind == "inversion":
+            z = self.invert(x0, labels, steps)
+            return {"norm": latent_norm_map(z), "nll": latent_nll(z)}
+        if kind == "reconstruction":
+            return {"norm": latent_norm_map(x0 - self.reconstruct(x0, labels))}
+        if kind == "gaussian":
+            return {"norm": latent_norm_map((x0 - self.gauss_mean[labels]) / self.gauss_std[labels])}
+        raise ValueError(f"unknown scoring method {kind!r}; choose inversion, reconstruction or gaussian")
+
+    def score_features(self, x0: torch.Tensor, labels: torch.Tensor, kind: str = "inversion",
+                       steps: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Image components {name: (B,)} and the grid map (B, g, g) of one method.
+
+        For inversion the map is the latent norm standardised per position with normal statistics.
+        """
+        raw = self.raw_maps(x0, labels, kind, steps)
+        if kind == "inversion":
+            grid_map = (raw["norm"] - self.position_mean[labels]) / self.position_std[labels]
+            return image_components(grid_map, raw["nll"], raw["norm"]), grid_map
+        return image_components(raw["norm"]), raw["norm"]
+
+    def combine(self, components: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Calibrated image score: the mean of the standardised configured components, (B,)."""
+        stacked = torch.stack([components[name] for name in self.config.score_components], dim=1)  # (B, n)
+        return ((stacked - self.calib_mean[labels]) / self.calib_std[labels]).mean(dim=1)
+
+    # -- the one call the worker makes ----------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Sequence[Image.Image], classes: Sequence[str] | None = None) -> Prediction:
+        """Score a batch of RGB images (any size). Results do not depend on the batch's composition.
+
+        Raises:
+            ValueError: an unknown product class, or class names missing for a multi-class bundle.
+        """
+        if not images:
+            raise ValueError("predict() needs at least one image")
+        labels = self.class_indices(classes, len(images))
+        clock = time.perf_counter()
+        pixels = self.to_pixels(images)
+        t_pre = time.perf_counter()
+        x0 = self.features(pixels)
+        t_feat = time.perf_counter()
+        components, grid_map = self.score_features(x0, labels)
+        scores = self.combine(components, labels)
+        t_inv = time.perf_counter()
+        pixel_map = upsample_map(grid_map, self.config.image_size, self.config.map_sigma)
+        thresholds = self.thresholds[labels]
+        result = Prediction(
+            pred_score=scores.float().cpu().numpy(),
+            pred_label=(scores > thresholds).cpu().numpy(),
+            anomaly_map=pixel_map.float().cpu().numpy(),
+            threshold=thresholds.float().cpu().numpy(),
+            timings_ms={},
+        )
+        done = time.perf_counter()
+        result.timings_ms.update(preprocess=1e3 * (t_pre - clock), backbone=1e3 * (t_feat - t_pre),
+                                 inversion=1e3 * (t_inv - t_feat), maps=1e3 * (done - t_inv))
+        return result
+
+    # -- bundles --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, device: str | torch.device | None = None) -> "Detector":
+        """Load a bundle folder written by :meth:`save_pretrained` (see :mod:`worker.core.bundle`)."""
+        from .bundle import load_bundle
+
+        return load_bundle(path, select_device(device))
+
+    def save_pretrained(self, path) -> None:
+        """Write this detector as a bundle folder, atomically (a crash leaves no partial bundle)."""
+        from .bundle import save_bundle
+
+        save_bundle(self, path)

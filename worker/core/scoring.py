@@ -1,0 +1,101 @@
+"""Anomaly scores of an inverted latent, and their calibration on normal images.
+
+Pure tensor functions. For z = x_S (B, C, h, w) from :func:`worker.core.inversion.ddim_invert`:
+    NLL(z)    = 0.5 * ||z||^2 + (d / 2) * log(2 pi),  d = C * h * w       (Gaussian prior N(0, I))
+    m(i, j)   = ||z[:, i, j]||_2                                          (latent-norm map)
+    range(z)  = max(m) - min(m)                                           (spatial range)
+    map_max   = max((m - mu_ij) / sigma_ij)  with mu, sigma per position fitted on normal latents.
+The paper min-max normalises NLL and range over the test set; we standardise every component with
+statistics of held-out normal images instead, so a score means the same thing online and offline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COMPONENTS = ("nll", "range", "map_max", "map_mean")
+
+
+def latent_nll(z: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of z (B, C, h, w) under N(0, I), summed over all entries: (B,)."""
+    d = z[0].numel()
+    return 0.5 * z.flatten(1).pow(2).sum(dim=1) + 0.5 * d * math.log(2 * math.pi)
+
+
+def latent_norm_map(z: torch.Tensor) -> torch.Tensor:
+    """Per-position L2 norm over channels: (B, C, h, w) -> (B, h, w)."""
+    return z.pow(2).sum(dim=1).sqrt()
+
+
+def spatial_range(m: torch.Tensor) -> torch.Tensor:
+    """max(m) - min(m) per image: (B, h, w) -> (B,)."""
+    flat = m.flatten(1)
+    return flat.max(dim=1).values - flat.min(dim=1).values
+
+
+def image_components(maps: torch.Tensor, nll: torch.Tensor | None = None,
+                     raw_norm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every image-level component available for a (B, h, w) map (and the latent's NLL and raw norm map)."""
+    flat = maps.flatten(1)
+    components = {"map_max": flat.max(dim=1).values, "map_mean": flat.mean(dim=1)}
+    if nll is not None:
+        components["nll"] = nll
+    if raw_norm is not None:
+        components["range"] = spatial_range(raw_norm)
+    return components
+
+
+def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
+    radius = max(1, int(round(4 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def upsample_map(m: torch.Tensor, size: int, sigma: float = 0.0) -> torch.Tensor:
+    """Bilinear upsampling of (B, h, w) maps to (B, size, size), then optional Gaussian smoothing (pixels)."""
+    up = F.interpolate(m[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = _gaussian_kernel(sigma, up.device, up.dtype)
+        pad = kernel.numel() // 2
+        up = F.conv2d(F.pad(up, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        up = F.conv2d(F.pad(up, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return up[:, 0]  # (B, size, size)
+
+
+def fit_standardiser(values: torch.Tensor, min_std: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over the first axis (N, ...) -> (...), (...)."""
+    if values.shape[0] < 2:
+        raise ValueError(f"need at least 2 normal samples to fit statistics, got {values.shape[0]}")
+    return values.mean(dim=0), values.std(dim=0).clamp_min(min_std)
+
+
+def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
+    """The score above which a fraction ``target_fpr`` of normal scores lies (higher quantile)."""
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
+    return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), 1.0 - target_fpr, method="higher"))
+
+
+def threshold_f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``score > threshold`` on a labelled set (labels: 1 = anomalous)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError("F1-max calibration needs both normal and anomalous validation images")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    tp = np.cumsum(sorted_labels)
+    fp = np.cumsum(~sorted_labels)
+    precision = tp / (tp + fp)
+    recall = tp / labels.sum()
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    # Only cut between distinct scores; the threshold sits halfway to the next lower score.
+    distinct = np.r_[sorted_scores[1:] < sorted_scores[:-1], True]
+    best = int(np.argmax(np.where(distinct, f1, -1.0)))
+    below = sorted_scores[best + 1] if best + 1 < len(sorted_scores) else sorted_scores[best] - 1.0
+    return float((sorted_scores[best] + below) / 2), float(f1[best])
