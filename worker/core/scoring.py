@@ -12,6 +12,7 @@ statistics of held-out normal images instead, so a score means the same thing on
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -74,11 +75,23 @@ def fit_standardiser(values: torch.Tensor, min_std: float = 1e-6) -> tuple[torch
     return values.mean(dim=0), values.std(dim=0).clamp_min(min_std)
 
 
-def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
-    """The score above which a fraction ``target_fpr`` of normal scores lies (higher quantile)."""
+def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float, min_tail: int = 5) -> float:
+    """The score above which a fraction ``target_fpr`` of normal images is expected to lie.
+
+    With enough normals to see the tail (``n * target_fpr >= min_tail``) this is the empirical quantile.
+    With fewer (typically a few dozen calibration images at 1 %) the empirical maximum is an optimistic
+    estimate, so the threshold is the larger of it and a Gaussian fit's quantile, mean + z * std.
+    """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
-    return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), 1.0 - target_fpr, method="higher"))
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size < 2:
+        raise ValueError(f"need at least 2 normal scores to set a threshold, got {scores.size}")
+    empirical = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
+    if scores.size * target_fpr >= min_tail:
+        return empirical
+    z = NormalDist().inv_cdf(1.0 - target_fpr)
+    return max(empirical, float(scores.mean() + z * scores.std(ddof=1)))
 
 
 def threshold_f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

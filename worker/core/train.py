@@ -75,10 +75,11 @@ def split_normals(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 
 
 @torch.no_grad()
-def extract_features(detector: Detector, paths: Sequence[Path], batch: int, desc: str) -> torch.Tensor:
+def extract_features(detector: Detector, paths: Sequence[Path], batch: int, desc: str,
+                     progress: bool = True) -> torch.Tensor:
     """Standardised features (N, C, g, g) on the CPU for image files, in batches."""
     chunks = []
-    for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", leave=False):
+    for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", leave=False, disable=not progress):
         images = [load_image(p) for p in paths[start:start + batch]]
         chunks.append(detector.features(detector.to_pixels(images)).cpu())
     return torch.cat(chunks)
@@ -265,8 +266,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     splits = [split_normals(normal_training_images(d), train_config.calib_fraction, train_config.seed) for d in data]
 
     detector = build_detector(detector_config, train_config, backbone_weights).to(torch_device)
-    per_class = [(extract_features(detector, tr, train_config.feature_batch, f"features {n}"),
-                  extract_features(detector, ca, train_config.feature_batch, f"calibration {n}"))
+    per_class = [(extract_features(detector, tr, train_config.feature_batch, f"features {n}", progress),
+                  extract_features(detector, ca, train_config.feature_batch, f"calibration {n}", progress))
                  for n, (tr, ca) in zip(names, splits)]
     raw_train = torch.cat([t for t, _ in per_class])
     train_labels = torch.cat([torch.full((len(t),), k) for k, (t, _) in enumerate(per_class)])
@@ -292,7 +293,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     validation_set = None
     if validation is not None:
         samples = test_samples(validation)
-        v_feats = extract_features(detector, [s.path for s in samples], train_config.feature_batch, "validation")
+        v_feats = extract_features(detector, [s.path for s in samples], train_config.feature_batch, "validation",
+                                   progress)
         validation_set = (v_feats, torch.zeros(len(samples), dtype=torch.long), np.array([s.label for s in samples]))
     calibration = calibrate(detector, calib_feats, calib_labels, validation_set)
     detector.save_pretrained(out)

@@ -1,0 +1,143 @@
+"""A real tiny detector trained on generated textures: separation, maps, round trips, invariances."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from synthetic import make_texture_images
+from worker.core.detector import Detector
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return Detector.from_pretrained(tiny_bundle, "cpu")
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    good, _ = make_texture_images(16, seed=101)
+    bad, masks = make_texture_images(16, defect=True, seed=102)
+    return good, bad, masks
+
+
+def test_separates_generated_defects(detector, test_images):
+    good, bad, _ = test_images
+    result = detector.predict(good + bad)
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    assert roc_auc_score(labels, result.pred_score) >= 0.9
+    assert result.pred_label[len(good):].mean() >= 0.8, "most defects must be flagged"
+    assert result.pred_label[:len(good)].mean() <= 0.2, "few normals may be flagged at a 1 % target FPR"
+
+
+def test_anomaly_map_peaks_on_the_defect(detector, test_images):
+    _, bad, masks = test_images
+    result = detector.predict(bad)
+    assert result.anomaly_map.shape == (len(bad), detector.image_size, detector.image_size)
+    # The map lives on a stride-16 grid: accept a peak within one grid cell of the drawn defect.
+    hits = 0
+    for anomaly_map, mask in zip(result.anomaly_map, masks):
+        near = ndimage.binary_dilation(mask, iterations=16)
+        hits += near[np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)]
+    assert hits >= 0.8 * len(bad)
+
+
+def test_save_load_round_trip_is_bit_identical(detector, test_images, tmp_path):
+    good, bad, _ = test_images
+    before = detector.predict(good[:4] + bad[:4])
+    detector.save_pretrained(tmp_path / "copy")
+    again = Detector.from_pretrained(tmp_path / "copy", "cpu")
+    after = again.predict(good[:4] + bad[:4])
+    assert again.version == detector.version
+    assert np.array_equal(before.pred_score, after.pred_score)
+    assert np.array_equal(before.anomaly_map, after.anomaly_map)
+    assert np.array_equal(before.threshold, after.threshold)
+
+
+def test_scores_do_not_depend_on_batch_size_or_composition(detector, test_images):
+    good, bad, _ = test_images
+    together = detector.predict(good[:6] + bad[:6]).pred_score
+    alone = np.concatenate([detector.predict([im]).pred_score for im in good[:6] + bad[:6]])
+    shuffled_order = [5, 11, 0, 7, 3, 9, 1, 10, 2, 8, 4, 6]
+    images = good[:6] + bad[:6]
+    shuffled = detector.predict([images[i] for i in shuffled_order]).pred_score
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(shuffled, together[shuffled_order], rtol=0, atol=1e-4)
+
+
+def test_any_input_size_and_mode(detector, test_images):
+    good, _, _ = test_images
+    image = good[0]
+    variants = [image.resize((300, 200)), image.convert("L"), image.convert("P"),
+                image.convert("RGBA"), image.convert("I;16")]
+    result = detector.predict(variants)
+    assert np.isfinite(result.pred_score).all()
+
+
+def test_steps_change_the_evaluation_count(detector, test_images):
+    good, _, _ = test_images
+    calls = []
+    handle = detector.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        x0 = detector.features(detector.to_pixels(good[:2]))
+        labels = torch.zeros(2, dtype=torch.long)
+        for steps in (1, 2, 5):
+            calls.clear()
+            detector.invert(x0, labels, steps)
+            assert len(calls) == steps
+    finally:
+        handle.remove()
+
+
+def test_unknown_product_is_refused(detector, test_images):
+    good, _, _ = test_images
+    with pytest.raises(ValueError, match="serves"):
+        detector.predict(good[:1], ["no-such-product"])
+
+
+def test_class_conditional_bundle(tmp_path):
+    from synthetic import write_mvtec_category
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig, train
+
+    a = write_mvtec_category(tmp_path / "alpha", n_train=12, size=64, seed=1)
+    b = write_mvtec_category(tmp_path / "beta", n_train=12, size=64, seed=2)
+    detector, summary = train([a, b], tmp_path / "unified", DetectorConfig(image_size=64),
+                              TrainConfig(iterations=20, batch_size=8, width=16, num_blocks=1, warmup=5),
+                              progress=False)
+    assert detector.classes == ("alpha", "beta")
+    assert detector.denoiser.config.num_classes == 2
+    assert set(summary["calibration"]) == {"alpha", "beta"}
+    loaded = Detector.from_pretrained(tmp_path / "unified", "cpu")
+    images, _ = make_texture_images(2, size=64)
+    result = loaded.predict(images, ["alpha", "beta"])
+    assert result.threshold.tolist() == pytest.approx(loaded.thresholds.tolist())
+    with pytest.raises(ValueError, match="several products"):
+        loaded.predict(images)
+
+
+def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
+    """Same seed, same data: the same bundle, also when training is killed and resumed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "worker.cli", "train", str(texture_category), "--image-size", "64",
+            "--iterations", "400", "--batch-size", "8", "--width", "16", "--blocks", "1", "--checkpoint-every", "20"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
+    victim = subprocess.Popen(args + ["--out", str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    state = tmp_path / "b.checkpoint" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.is_file() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert state.is_file() and not (tmp_path / "b").exists(), "killed mid-training: a checkpoint, no bundle"
+    subprocess.run(args + ["--out", str(tmp_path / "b"), "--resume"], check=True, env=env, capture_output=True)
+    assert Detector.from_pretrained(tmp_path / "b").version == Detector.from_pretrained(tmp_path / "a").version
+    assert not state.exists(), "a finished training removes its checkpoint"
