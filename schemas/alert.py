@@ -27,7 +27,7 @@ class AlertEntry:
 
     Attributes:
         image_id, line_id, product: of the flagged image.
-        score, threshold: finite floats; score >= threshold.
+        score, threshold: finite floats; score > threshold.
         captured_at: timezone-aware capture time.
         record_key: Redis key of the full ScoreRecord (``RedisLayout.score_key(image_id)``).
         overlay_uri: URI of the heat-map overlay, or None.

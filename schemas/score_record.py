@@ -54,7 +54,7 @@ class ScoreRecord:
         image_id, uri, line_id, camera_id, product, captured_at: copied from the ImageRef.
         scored_at: timezone-aware time the score was computed.
         score: calibrated image score; higher is more anomalous.
-        is_anomaly: score >= threshold.
+        is_anomaly: score > threshold (strictly).
         threshold: the decision threshold of the model bundle.
         model_name, model_version: the bundle that scored the image.
         map_stats: {"max", "mean", "p99": float, "peak_x", "peak_y": int}; peak in input-image pixels.
