@@ -1,0 +1,172 @@
+"""Embedded mode end to end with the fast fake detector: folder/JSON-lines/stdin sources, SQLite and
+folder sinks, resume after a partial run, dead letters, exactly-once alerts."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from worker.pipeline.cli import run_embedded
+from worker.pipeline.embedded import StdinSource, image_id_for
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_folder_to_sqlite_and_folder(image_folder, fake_registry, tmp_path):
+    folder, labels = image_folder
+    summary = run_embedded(folder, fake_registry, tmp_path / "s.db", tmp_path / "out", batch_size=4)
+    assert summary["scored"] == len(labels) and summary["dead_lettered"] == {}
+    scores = dict(_rows(tmp_path / "s.db", "SELECT image_id, is_anomaly FROM scores"))
+    assert {name: bool(flag) for name, flag in scores.items()} == labels
+    alerts = _rows(tmp_path / "s.db", "SELECT image_id, overlay_uri FROM alerts ORDER BY seq")
+    assert sorted(a[0] for a in alerts) == sorted(n for n, bad in labels.items() if bad)
+    for image_id, overlay_uri in alerts:
+        base = tmp_path / "out" / "default" / "local" / image_id
+        assert (base / "original.png").read_bytes() == (folder / image_id).read_bytes()
+        assert (base / "overlay.png").read_bytes().startswith(b"\x89PNG")
+        record = json.loads((base / "record.json").read_text())
+        assert record["artefacts"]["overlay"] == overlay_uri == (base / "overlay.png").as_uri()
+        assert record["source"] == {"name": f"folder:{folder.resolve()}", "position": sorted(labels).index(image_id)}
+    # nothing written for normal images
+    assert not any((tmp_path / "out" / "default" / "local" / n).exists() for n, bad in labels.items() if not bad)
+
+
+def test_rerun_resumes_and_never_alerts_twice(image_folder, fake_registry, tmp_path):
+    folder, labels = image_folder
+    first = run_embedded(folder, fake_registry, tmp_path / "s.db", None, batch_size=3)
+    again = run_embedded(folder, fake_registry, tmp_path / "s.db", None, batch_size=3)
+    assert first["scored"] == len(labels) and again["scored"] == 0 and again["skipped"] == len(labels)
+    # forget the progress: everything is rescored, rows are overwritten, alerts stay one per image
+    (tmp_path / "s.db.progress.json").unlink()
+    third = run_embedded(folder, fake_registry, tmp_path / "s.db", None, batch_size=3)
+    assert third["scored"] == len(labels)
+    assert _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM scores") == [(len(labels),)]
+    assert _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM alerts") == [(sum(labels.values()),)]
+
+
+def test_stop_midway_then_resume(image_folder, fake_registry, tmp_path):
+    import threading
+    folder, labels = image_folder
+    stop = threading.Event()
+
+    class StopAfterFirst:  # a sink that asks the loop to stop after the first batch
+        def write(self, batch): stop.set()
+        def flush(self): ...
+        def close(self): ...
+
+    from worker.pipeline import embedded, loop as loop_module
+    from worker.pipeline.config import WorkerConfig
+    from worker.pipeline.fetch import Fetcher
+    progress = embedded.ProgressStore(tmp_path / "p.json")
+    source = embedded.folder_source(folder, progress)
+    config = WorkerConfig(mode="embedded", batch_size=4, file_roots=(str(folder.resolve()),))
+    sink = embedded.SqliteSink(tmp_path / "s.db")
+    loop = loop_module.Loop(source=source, fetcher=Fetcher.from_config(config), registry=fake_registry,
+                            sinks=[sink, StopAfterFirst()], dead_letters=sink.dead_letter_writer(), config=config, stop=stop)
+    stats = loop.run()
+    assert stats.scored == 4 and json.loads((tmp_path / "p.json").read_text()) == {source.name: 4}
+    rest = run_embedded(folder, fake_registry, tmp_path / "s.db", None, progress_path=tmp_path / "p.json")
+    assert rest["skipped"] == 4 and rest["scored"] == len(labels) - 4
+
+
+def _ref_line(image_id: str, uri: str, product: str = "default") -> str:
+    from schemas import ImageRef
+    return ImageRef(image_id=image_id, uri=uri, line_id="L1", product=product, producer="test",
+                    captured_at=datetime(2025, 1, 1, tzinfo=timezone.utc)).to_json().decode()
+
+
+def test_jsonl_with_poison_lines(image_folder, tmp_path):
+    from worker.pipeline.models import ModelRegistry
+    from fakes import FakeDetector
+
+    class TwoClass(FakeDetector):
+        classes = ("default", "other")
+
+    registry = ModelRegistry({"*": TwoClass()})
+    folder, labels = image_folder
+    (folder / "junk.png").write_bytes(b"not an image at all")
+    names = sorted(labels)
+    lines = [_ref_line("a", (folder / names[0]).as_uri()),
+             "{not json",
+             json.dumps({"schema_version": "1.0", "image_id": "x"}),
+             json.dumps({**json.loads(_ref_line("v", (folder / names[0]).as_uri())), "schema_version": "2.0"}),
+             _ref_line("missing", (folder / "nope.png").as_uri()),
+             _ref_line("junk", (folder / "junk.png").as_uri()),
+             _ref_line("outside", "file:///etc/passwd"),
+             _ref_line("product", (folder / names[1]).as_uri(), product="nosuch"),
+             "",
+             _ref_line("b", (folder / names[1]).as_uri())]
+    (folder / "refs.jsonl").write_text("\n".join(lines) + "\n")
+    summary = run_embedded(folder / "refs.jsonl", registry, tmp_path / "s.db", tmp_path / "out", batch_size=4,
+                           file_roots=(str(folder),))
+    assert summary["scored"] == 2
+    assert summary["dead_lettered"] == {"invalid_json": 1, "schema_invalid": 1, "unsupported_version": 1,
+                                        "object_missing": 1, "image_invalid": 1, "uri_not_allowed": 1,
+                                        "unknown_product": 1}
+    rows = _rows(tmp_path / "s.db", "SELECT position, reason, dead_letter FROM dead_letters ORDER BY position")
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert json.loads(rows[0][2])["payload"] == "{not json"
+
+
+def test_stdin_source_honours_wait_and_eof(fake_registry, image_folder, tmp_path):
+    folder, labels = image_folder
+    names = sorted(labels)
+    text = "".join(_ref_line(f"s{i}", (folder / n).as_uri()) + "\n" for i, n in enumerate(names))
+    source = StdinSource(io.StringIO(text))
+    batch = source.poll_batch(4, 1.0)
+    assert [m.offset for m in batch] == [0, 1, 2, 3]
+    rest = source.poll_batch(100, 1.0)
+    assert len(rest) == len(names) - 4
+    assert source.poll_batch(100, 0.05) == [] and source.exhausted
+
+
+def test_image_ids_are_schema_valid_and_distinct():
+    from schemas.image_ref import IMAGE_ID_RE
+    paths = ["good/000.png", "a b.png", "a_b.png", "x/../y.png", "..hidden.png", "ü.png"]
+    ids = [image_id_for(p) for p in paths]
+    assert ids[0] == "good/000.png"
+    assert len(set(ids)) == len(ids) and all(IMAGE_ID_RE.match(i) for i in ids)
+
+
+def test_run_embedded_needs_a_sink(image_folder, fake_registry):
+    with pytest.raises(ValueError, match="sqlite_path and/or out_dir"):
+        run_embedded(image_folder[0], fake_registry, None, None)
+
+
+def test_jsonl_refs_may_name_any_local_file_unless_roots_are_set(image_folder, fake_registry, tmp_path):
+    folder, labels = image_folder
+    name = sorted(labels)[0]
+    refs = tmp_path / "elsewhere" / "refs.jsonl"
+    refs.parent.mkdir()
+    refs.write_text(_ref_line("a", (folder / name).as_uri()) + "\n")
+    assert run_embedded(refs, fake_registry, tmp_path / "a.db", None)["scored"] == 1
+    narrowed = run_embedded(refs, fake_registry, tmp_path / "b.db", None, file_roots=(str(refs.parent),))
+    assert narrowed["dead_lettered"] == {"uri_not_allowed": 1}
+
+
+def test_invad_work_embedded_cli_with_the_real_model(image_folder, tiny_bundle, tmp_path, monkeypatch, capsys):
+    import argparse
+    from worker.pipeline.cli import add_arguments, run
+    folder, labels = image_folder
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.setenv("INVAD_MODELS", str(tiny_bundle))
+    args = parser.parse_args(["--source", str(folder), "--sqlite", str(tmp_path / "s.db"), "--out", str(tmp_path / "o"),
+                              "--device", "cpu", "--batch-size", "4"])
+    import structlog
+    try:
+        assert run(args) == 0
+    finally:
+        structlog.reset_defaults()  # run() configured JSON logging for the process; undo it for other tests
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scored"] == len(labels) and summary["dead_lettered"] == {}
+    flagged = _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM scores WHERE is_anomaly = 1")[0][0]
+    assert _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM alerts") == [(flagged,)] and summary["flagged"] == flagged

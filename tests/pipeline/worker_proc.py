@@ -1,0 +1,29 @@
+"""A Kafka worker process for the signal tests: the real ``run_kafka`` with the fake detector.
+
+Configured entirely by INVAD_* variables; ``INVAD_TEST_PREDICT_DELAY_S`` slows each batch so a
+signal can land mid-batch. Exits with run_kafka's code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from fakes import FakeDetector
+from worker.pipeline.cli import configure_logging, install_signal_handlers, run_kafka
+from worker.pipeline.config import WorkerConfig
+from worker.pipeline.models import ModelRegistry
+
+
+def main() -> int:
+    config = WorkerConfig.from_sources({}, os.environ, mode="kafka")
+    configure_logging(config.log_level)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    registry = ModelRegistry({"*": FakeDetector(delay_s=float(os.environ.get("INVAD_TEST_PREDICT_DELAY_S", "0")))})
+    return run_kafka(config, stop, registry)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``invad work``: the Kafka worker, or embedded mode with ``--source``; and :func:`run_embedded`.
+
+Exit codes: 0 after a clean stop or an exhausted embedded source; 2 for a configuration error;
+75 (EX_TEMPFAIL) when a stop could not drain because a dependency stayed down (nothing was
+committed past the last good batch, so nothing is lost). A bug propagates as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from .config import WorkerConfig, add_config_arguments
+from .errors import DependencyDown
+from .loop import Loop, remove_health
+
+log = structlog.get_logger("invad.pipeline.cli")
+EX_TEMPFAIL = 75
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``invad work``: every WorkerConfig option plus the embedded-mode flags."""
+    add_config_arguments(parser)
+    group = parser.add_argument_group("embedded mode (no Kafka, Redis or S3)")
+    group.add_argument("--source", help="folder of images, JSON-lines file of ImageRefs, or '-' for stdin")
+    group.add_argument("--sqlite", help="SQLite database for scores, alerts and dead letters")
+    group.add_argument("--out", help="folder for flagged originals, overlays and records")
+    group.add_argument("--product", default="default", help="product key of folder images (default: default)")
+    group.add_argument("--line-id", default="local", help="line id of folder images (default: local)")
+    group.add_argument("--progress", help="progress file for resuming (default: next to --sqlite or in --out)")
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever ``sys.stderr`` is *now* (not at configuration time)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON log lines on stderr, unless the application configured structlog already."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=lambda *args: _StderrLogger())
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT only set ``stop`` (the batch in flight finishes); a second SIGINT interrupts."""
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``invad work``: embedded mode when ``--source`` is given, else Kafka mode."""
+    if getattr(args, "source", None):
+        return run_embedded_cli(args)
+    try:
+        config = WorkerConfig.from_sources(args, os.environ, mode="kafka")
+    except ValueError as error:
+        print(f"invad work: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    log.info("config", **config.redacted())
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run_kafka(config, stop)
+
+
+def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff_max_s: float) -> Any:
+    """Call ``make`` until it stops raising DependencyDown (or ``stop`` is set: returns None)."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return make()
+        except DependencyDown as error:
+            log.warning("dependency_down_at_start", dependency=error.dependency, what=what, error=error.message,
+                        retry_in_s=delay)
+            stop.wait(delay)
+            delay = min(backoff_max_s, delay * 2)
+    return None
+
+
+def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
+    """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
+    from .fetch import Fetcher
+    from .kafka_io import KafkaDeadLetters, KafkaSource
+    from .models import ModelRegistry
+    from .redis_sink import RedisSink
+    from .s3_sink import S3Sink
+
+    registry = registry or ModelRegistry.load(config.models, config.device)
+    s3_sink = S3Sink.from_config(config)
+    redis_sink = RedisSink.from_config(config)
+    sinks = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
+    fetcher = Fetcher.from_config(config)
+    closers: list[Callable[[], None]] = [fetcher.close, redis_sink.close, s3_sink.close]
+    try:
+        if not _until_up("s3 bucket", lambda: s3_sink.setup() or True, stop, config.backoff_max_s):
+            return 0
+        dead_letters = _until_up("dlq producer", lambda: KafkaDeadLetters(config), stop, config.backoff_max_s)
+        if dead_letters is None:
+            return 0
+        closers.insert(0, dead_letters.close)
+        source = _until_up("consumer", lambda: KafkaSource(config), stop, config.backoff_max_s)
+        if source is None:
+            return 0
+        closers.insert(0, source.close)  # first: leave the group before the rest shuts down
+        loop = Loop(source=source, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,
+                    config=config, stop=stop)
+        stats = loop.run()
+        log.info("worker_stopped", batches=stats.batches, scored=stats.scored, flagged=stats.flagged,
+                 dead_lettered=dict(stats.dead_lettered), retries=stats.retries, abandoned=stats.abandoned)
+        return EX_TEMPFAIL if stats.abandoned else 0
+    finally:
+        remove_health(config)
+        for close in closers:
+            close()
+
+
+def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.PathLike | None = None,
+                 out_dir: str | os.PathLike | None = None, *, product: str = "default", line_id: str = "local",
+                 progress_path: str | os.PathLike | None = None, config: WorkerConfig | None = None,
+                 stop: threading.Event | None = None, keep_scores: int = 100_000, **settings: Any) -> dict[str, Any]:
+    """Score ``source`` (image folder, ``.jsonl`` of ImageRefs, or "-" for stdin) with no services.
+
+    Args:
+        model: a bundle path, an ``INVAD_MODELS``-style string, or a ready :class:`ModelRegistry`.
+        sqlite_path: database for every score, alerts and dead letters (optional).
+        out_dir: folder for flagged originals, overlays and records (optional; at least one sink needed).
+        product, line_id: the ImageRef fields given to folder images.
+        file:// access: a folder source reads only inside the folder; JSON-lines/stdin references may
+            name any local file unless ``file_roots`` (INVAD_FILE_ROOTS) is set.
+        progress_path: resume file (default ``<sqlite>.progress.json`` or ``<out>/progress.json``).
+        config: a WorkerConfig in embedded mode; ``settings`` override its fields (batch_size, device,
+            file_roots, ...).
+
+    Returns:
+        {"scored", "flagged", "dead_lettered": {reason: n}, "skipped", "batches", "seconds",
+         "images_per_s", "sqlite", "out_dir", "progress", "scores": {image_id: score}}
+
+    Raises:
+        ValueError: bad arguments or model bundle (message names the value and what is allowed).
+    """
+    from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
+    from .fetch import Fetcher
+    from .models import ModelRegistry
+
+    if sqlite_path is None and out_dir is None:
+        raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
+    if settings.get("device") == "auto":
+        settings["device"] = None
+    config = (config or WorkerConfig(mode="embedded", worker_id=f"embedded-{os.getpid()}"))
+    config = config.replace(mode="embedded", **settings)
+    if progress_path is None and str(source) != "-":
+        progress_path = f"{sqlite_path}.progress.json" if sqlite_path else Path(out_dir) / "progress.json"
+    progress = ProgressStore(progress_path)
+    # A folder source reads only that folder. References from a JSON-lines file or stdin were written
+    # by the user on their own machine: any local file unless INVAD_FILE_ROOTS narrows it (in Kafka
+    # mode, where producers are other systems, file:// is allowed only under INVAD_FILE_ROOTS).
+    roots = list(config.file_roots)
+    if str(source) == "-":
+        src: Any = StdinSource()
+        roots = roots or ["/"]
+    elif Path(source).is_dir():
+        src = folder_source(source, progress, product=product, line_id=line_id)
+        roots.append(str(Path(source).resolve()))
+    elif Path(source).is_file():
+        src = jsonl_source(source, progress)
+        roots = roots or ["/"]
+    else:
+        raise ValueError(f"--source {str(source)!r}: not a folder, a JSON-lines file or '-'")
+    config = config.replace(file_roots=tuple(dict.fromkeys(os.path.realpath(r) for r in roots)))
+    if isinstance(model, ModelRegistry):
+        registry = model
+    else:
+        from .config import _models
+        registry = ModelRegistry.load(_models(str(model)), config.device)
+
+    sinks: list[Any] = []
+    sqlite_sink = SqliteSink(sqlite_path) if sqlite_path else None
+    if out_dir:
+        sinks.append(FolderSink(out_dir))
+    if sqlite_sink:
+        sinks.append(sqlite_sink)
+    dead_letters = sqlite_sink.dead_letter_writer() if sqlite_sink else JsonlDeadLetters(Path(out_dir) / "dead_letters.jsonl")
+    fetcher = Fetcher.from_config(config)
+    started = time.perf_counter()
+    try:
+        loop = Loop(source=src, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,
+                    config=config, stop=stop, keep_scores=keep_scores)
+        stats = loop.run()
+    finally:
+        fetcher.close()
+        for sink in sinks:
+            sink.close()
+    seconds = time.perf_counter() - started
+    return {"source": str(source), "scored": stats.scored, "flagged": stats.flagged,
+            "dead_lettered": dict(stats.dead_lettered), "skipped": getattr(src, "skipped", 0),
+            "batches": stats.batches, "seconds": round(seconds, 3),
+            "images_per_s": round(stats.scored / seconds, 2) if seconds > 0 else 0.0,
+            "sqlite": str(sqlite_path) if sqlite_path else None, "out_dir": str(out_dir) if out_dir else None,
+            "progress": str(progress_path) if progress_path else None, "scores": dict(stats.scores)}
+
+
+def run_embedded_cli(args: argparse.Namespace) -> int:
+    """``invad work --source ...``: embedded mode from flags and ``INVAD_*`` variables; prints a JSON summary."""
+    import json
+    try:
+        config = WorkerConfig.from_sources(args, os.environ, mode="embedded")
+        if not config.models:
+            raise ValueError("INVAD_MODELS (or --models) is required: the bundle path to score with")
+        if not (args.sqlite or args.out):
+            raise ValueError("--sqlite and/or --out is required with --source")
+    except ValueError as error:
+        print(f"invad work: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    log.info("config", **config.redacted())
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    from .models import ModelRegistry
+    registry = ModelRegistry.load(config.models, config.device)
+    summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product, line_id=args.line_id,
+                           progress_path=args.progress, config=config, stop=stop, keep_scores=0)
+    summary.pop("scores", None)
+    print(json.dumps(summary, indent=1))
+    return 0

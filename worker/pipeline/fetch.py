@@ -1,0 +1,215 @@
+"""Concurrent image fetch and decode, with byte and pixel caps and an allow-list per URI scheme.
+
+Every outcome is classified for the loop:
+- a permanent failure of one image (missing object, not an image, too large, URI not allowed)
+  becomes a :class:`BadRecord` with the dead-letter reason, in place of that image's result;
+- a transient failure (connection refused, timeout, throttling, 5xx) raises :class:`DependencyDown`
+  for the whole call, so the loop waits and retries the batch without committing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+from urllib.parse import unquote, urlsplit
+
+from PIL import Image
+
+from worker.core.images import ImageDecodeError, decode_image
+
+from .errors import FETCH_FAILED, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord, DependencyDown
+
+_MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"),
+          (b"GIF8", "gif"))
+
+
+def sniff_extension(data: bytes) -> str:
+    """File extension for encoded image bytes, from their magic number ("bin" when unknown)."""
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "bin"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched and decoded image: the bytes as stored, the RGB image, and stage timings (ms)."""
+    data: bytes
+    image: Image.Image
+    ext: str
+    fetch_ms: float
+    decode_ms: float
+
+
+def host_allowed(host_port: str, allow: Sequence[str]) -> bool:
+    """``host[:port]`` matches an entry ``host``, ``host:port`` or ``*.domain`` of ``allow``."""
+    host = host_port.lower().rsplit("@", 1)[-1]
+    bare = host.split(":", 1)[0] if not host.startswith("[") else host
+    for entry in allow:
+        if entry.startswith("*."):
+            if bare.endswith(entry[1:]) and bare != entry[2:]:
+                return True
+        elif entry == host or entry == bare:
+            return True
+    return False
+
+
+class _NoForeignRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to allow-listed https hosts, so the allow-list cannot be bypassed."""
+
+    def __init__(self, allow: Sequence[str]):
+        self.allow = allow
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401 - stdlib signature
+        parts = urlsplit(newurl)
+        if parts.scheme != "https" or not host_allowed(parts.netloc, self.allow):
+            raise BadRecord(URI_NOT_ALLOWED, f"redirect to {newurl!r} leaves the https allow-list")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class Fetcher:
+    """Fetches ``s3://``, ``file://`` and ``https://`` images in a thread pool and decodes them."""
+
+    def __init__(self, *, max_bytes: int, max_pixels: int, concurrency: int = 8, timeout_s: float = 10.0,
+                 file_roots: Sequence[str] = (), https_allow: Sequence[str] = (), s3_allow_buckets: Sequence[str] = (),
+                 s3_client_factory: Callable[[], Any] | None = None):
+        """``s3_client_factory`` builds the S3 client on first use (None: ``s3://`` is not allowed)."""
+        self.max_bytes, self.max_pixels, self.timeout_s = max_bytes, max_pixels, timeout_s
+        self.file_roots = tuple(os.path.realpath(root) for root in file_roots)
+        self.https_allow = tuple(https_allow)
+        self.s3_allow_buckets = tuple(s3_allow_buckets)
+        self._s3_factory, self._s3, self._s3_lock = s3_client_factory, None, threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invad-fetch")
+        self._opener = urllib.request.build_opener(_NoForeignRedirects(self.https_allow))
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Fetcher":
+        def s3_factory() -> Any:
+            from . import s3  # boto3 only when an s3:// reference shows up
+            return s3.client_from_config(config)
+        return cls(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels,
+                   concurrency=config.fetch_concurrency, timeout_s=config.fetch_timeout_s,
+                   file_roots=config.file_roots, https_allow=config.https_allow,
+                   s3_allow_buckets=config.s3_allow_buckets, s3_client_factory=s3_factory)
+
+    def fetch_all(self, uris: Sequence[str]) -> list[Fetched | BadRecord]:
+        """Fetch and decode every URI concurrently; result ``i`` belongs to ``uris[i]``.
+
+        Raises:
+            DependencyDown: when any fetch failed transiently (after every fetch has finished).
+        """
+        outcomes = list(self._pool.map(self._fetch_one, uris))
+        for outcome in outcomes:
+            if isinstance(outcome, DependencyDown):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch_one(self, uri: str) -> Fetched | BadRecord | DependencyDown:
+        started = time.perf_counter()
+        try:
+            scheme = uri.split(":", 1)[0].lower()
+            reader = {"s3": self._read_s3, "file": self._read_file, "https": self._read_https}.get(scheme)
+            if reader is None:
+                raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: scheme {scheme!r} is not one of s3, file, https")
+            data = reader(uri)
+            fetched = time.perf_counter()
+            try:
+                image = decode_image(data, max_pixels=self.max_pixels, name=uri)
+            except ImageDecodeError as error:
+                raise BadRecord(error.reason, error.message) from error
+            return Fetched(data, image, sniff_extension(data), (fetched - started) * 1e3,
+                           (time.perf_counter() - fetched) * 1e3)
+        except (BadRecord, DependencyDown) as outcome:
+            return outcome
+
+    def _too_large(self, uri: str, size: int | None) -> BadRecord:
+        shown = f"{size} bytes" if size is not None else "more bytes"
+        return BadRecord(IMAGE_TOO_LARGE, f"{uri}: {shown} exceeds INVAD_MAX_IMAGE_BYTES={self.max_bytes}")
+
+    def _read_file(self, uri: str) -> bytes:
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: file:// URIs must name a local path (no host)")
+        path = os.path.realpath(unquote(parts.path))
+        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.file_roots):
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: {path} is outside INVAD_FILE_ROOTS={list(self.file_roots)}")
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > self.max_bytes:
+                    raise self._too_large(uri, size)
+                return handle.read(self.max_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            raise BadRecord(OBJECT_MISSING, f"{uri}: {error.strerror}") from error
+        except PermissionError as error:
+            raise BadRecord(FETCH_FAILED, f"{uri}: {error.strerror}") from error
+        except OSError as error:  # EIO, stale NFS handle, ...: the storage, not the message, is at fault
+            raise DependencyDown("file", f"{uri}: {error}") from error
+
+    def _read_https(self, uri: str) -> bytes:
+        parts = urlsplit(uri)
+        if not host_allowed(parts.netloc, self.https_allow):
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: host {parts.netloc!r} is not in INVAD_HTTPS_ALLOW="
+                                             f"{list(self.https_allow)}")
+        request = urllib.request.Request(uri, headers={"User-Agent": "invad-worker"})
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                    raise self._too_large(uri, int(length))
+                data = response.read(self.max_bytes + 1)
+        except urllib.error.HTTPError as error:
+            if error.code in (404, 410):
+                raise BadRecord(OBJECT_MISSING, f"{uri}: HTTP {error.code}") from error
+            if error.code in (408, 425, 429) or error.code >= 500:
+                raise DependencyDown("https", f"{uri}: HTTP {error.code}") from error
+            raise BadRecord(FETCH_FAILED, f"{uri}: HTTP {error.code}") from error
+        except (urllib.error.URLError, OSError) as error:  # refused, DNS, timeout, reset
+            raise DependencyDown("https", f"{uri}: {error}") from error
+        if len(data) > self.max_bytes:
+            raise self._too_large(uri, None)
+        return data
+
+    def _read_s3(self, uri: str) -> bytes:
+        from . import s3
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if self.s3_allow_buckets and bucket not in self.s3_allow_buckets:
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: bucket {bucket!r} is not in INVAD_S3_ALLOW_BUCKETS")
+        if self._s3_factory is None:
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: s3:// references need an S3 client (INVAD_S3_* settings)")
+        with self._s3_lock:  # boto3 clients are thread-safe once built, but not while building
+            if self._s3 is None:
+                self._s3 = self._s3_factory()
+        try:
+            response = self._s3.get_object(Bucket=bucket, Key=key)
+            size = response.get("ContentLength")
+            if size is not None and size > self.max_bytes:
+                response["Body"].close()
+                raise self._too_large(uri, size)
+            data = response["Body"].read(self.max_bytes + 1)
+        except BadRecord:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified just below
+            if s3.is_missing(error):
+                raise BadRecord(OBJECT_MISSING, f"{uri}: {s3.error_code(error)}") from error
+            if s3.is_transient(error):
+                raise s3.as_dependency_down(error, f"get {uri}") from error
+            code = s3.error_code(error)
+            if code is not None:  # AccessDenied, InvalidObjectState, ...: permanent for this message
+                raise BadRecord(FETCH_FAILED, f"{uri}: {code}") from error
+            raise
+        if len(data) > self.max_bytes:
+            raise self._too_large(uri, None)
+        return data
+

@@ -1,0 +1,235 @@
+"""The one module that imports kafka-python (3.x): the group consumer source and the DLQ producer.
+
+Offsets are committed only by :meth:`KafkaSource.commit`, with explicit "last processed + 1"
+values, after the loop has flushed every sink. While a dependency is down the loop pauses every
+partition and calls :meth:`KafkaSource.keepalive` (a ``poll(0)``) so the member stays in the group
+without consuming anything; any record a poll hands back anyway is sought back, never skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kerrors
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from .errors import DependencyDown
+from .loop import Message
+
+log = structlog.get_logger("invad.pipeline.kafka")
+
+# A commit failing with these means the group moved on (rebalance, eviction): the partitions belong
+# to someone else now, who restarts from the last commit. Not a dependency failure: don't retry.
+_OWNERSHIP_LOST = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError, kerrors.IllegalGenerationError,
+                   kerrors.UnknownMemberIdError, kerrors.FencedInstanceIdError)
+
+
+def _is_transient(error: BaseException) -> bool:
+    return (isinstance(error, (kerrors.NoBrokersAvailable, kerrors.KafkaConnectionError, kerrors.KafkaTimeoutError,
+                               ConnectionError, TimeoutError))
+            or bool(getattr(error, "retriable", False)))
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Records revocations for the loop, commits what is done on revoke, keeps new partitions paused
+    while the loop waits for a dependency. Async because kafka-python 3 runs listeners on its IO
+    loop, where a blocking consumer call would raise."""
+
+    def __init__(self, source: "KafkaSource"):
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked):
+        source = self.source
+        source._revoked.update((tp.topic, tp.partition) for tp in revoked)
+        done = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                for (t, p), o in source._done.items() if (t, p) in source._revoked}
+        log.info("partitions_revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked),
+                 committing={f"{tp.topic}:{tp.partition}": om.offset for tp, om in done.items()})
+        if done:
+            try:
+                # kafka-python's own pre-rebalance auto-commit uses this coroutine (3.0.x).
+                await source._consumer._coordinator._commit_offsets_sync_async(done, timeout_ms=5000)
+                for tp in done:
+                    source._done.pop((tp.topic, tp.partition), None)
+            except Exception as error:  # noqa: BLE001 - the new owner redelivers; results are idempotent
+                log.warning("commit_on_revoke_failed", error=repr(error))
+
+    async def on_partitions_assigned(self, assigned):
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        if self.source._paused and assigned:
+            self.source._consumer.pause(*assigned)
+
+    async def on_partitions_lost(self, lost):
+        # Evicted: committing would fail; forget what we hold for these partitions.
+        self.source._revoked.update((tp.topic, tp.partition) for tp in lost)
+        for tp in lost:
+            self.source._done.pop((tp.topic, tp.partition), None)
+        log.warning("partitions_lost", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in lost))
+
+
+class KafkaSource:
+    """A group consumer on ``config.topic`` implementing the loop's Source protocol."""
+    exhausted = False
+
+    def __init__(self, config: Any, **overrides: Any):
+        self.config = config
+        settings = dict(
+            bootstrap_servers=list(config.kafka_bootstrap), group_id=config.group, client_id=config.worker_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
+            max_poll_interval_ms=config.max_poll_interval_ms, session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms, request_timeout_ms=30_000,
+            reconnect_backoff_max_ms=5_000)
+        settings.update(overrides)
+        try:
+            self._consumer = KafkaConsumer(**settings)
+        except kerrors.NoBrokersAvailable as error:
+            raise DependencyDown("kafka", f"no broker reachable at {list(config.kafka_bootstrap)}") from error
+        self._revoked: set[tuple[str, int]] = set()
+        self._done: dict[tuple[str, int], int] = {}  # flushed, not yet committed
+        self._paused = False
+        self._last_poll = time.monotonic()
+        self._consumer.subscribe([config.topic], listener=_Listener(self))
+
+    # -- polling --------------------------------------------------------------------------------
+    def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
+        """Up to ``max_records`` messages, waiting at most ``max_wait_s`` to fill the batch."""
+        self._revoked.clear()  # revocations before this batch concern batches already finished
+        deadline = time.monotonic() + max_wait_s
+        batch: list[Message] = []
+        while len(batch) < max_records:
+            left = max(0.0, deadline - time.monotonic())
+            records = self._poll(int(left * 1000), max_records - len(batch))
+            for tp, items in records.items():
+                batch.extend(Message(r.value, r.key, tp.topic, tp.partition, r.offset) for r in items)
+            if left <= 0:
+                break
+        if self._revoked:  # a rebalance happened mid-fill: the new owner starts from the last commit
+            batch = [m for m in batch if m.tp not in self._revoked]
+        return batch
+
+    def _poll(self, timeout_ms: int, max_records: int) -> dict:
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
+        except kerrors.KafkaError as error:
+            if _is_transient(error):
+                log.warning("poll_failed", error=repr(error))
+                return {}
+            raise
+        self._last_poll = time.monotonic()
+        return records
+
+    def keepalive(self) -> None:
+        """``poll(0)`` with the partitions paused: heartbeats and rebalances proceed, nothing is consumed."""
+        records = self._poll(0, 1)
+        for tp, items in records.items():
+            # A partition assigned just now, before our listener paused it: give the records back.
+            self._consumer.seek(tp, min(r.offset for r in items))
+            if self._paused:
+                self._consumer.pause(tp)
+
+    def keepalive_if_due(self) -> None:
+        """Between stages of a slow batch: poll(0) once a quarter of max.poll.interval.ms has passed."""
+        if time.monotonic() - self._last_poll < self.config.max_poll_interval_ms / 4000.0:
+            return
+        was_paused = self._paused
+        self.pause()
+        self.keepalive()
+        if not was_paused:
+            self.resume()
+
+    def take_revoked(self) -> set[tuple[str, int]]:
+        revoked, self._revoked = set(self._revoked), set()
+        return revoked
+
+    def pause(self) -> None:
+        self._paused = True
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(*assigned)
+
+    def resume(self) -> None:
+        self._paused = False
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+
+    # -- committing -----------------------------------------------------------------------------
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``{(topic, partition): next offset}`` for the partitions still assigned to us.
+
+        Raises:
+            DependencyDown: the broker or coordinator is unreachable (the loop retries the commit).
+        """
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        for tp, offset in offsets.items():
+            if tp in owned:
+                self._done[tp] = max(offset, self._done.get(tp, 0))
+        pending = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._done.items() if (t, p) in owned}
+        self._done = {tp: o for tp, o in self._done.items() if tp in owned}
+        if not pending:
+            return
+        try:
+            self._consumer.commit(offsets=pending, timeout_ms=15_000)
+        except _OWNERSHIP_LOST as error:
+            log.warning("commit_skipped_ownership_lost", error=repr(error),
+                        offsets={f"{tp.topic}:{tp.partition}": om.offset for tp, om in pending.items()})
+            self._done.clear()
+            return
+        except Exception as error:  # noqa: BLE001 - classified here
+            if _is_transient(error):
+                raise DependencyDown("kafka", f"commit failed: {error!r}") from error
+            raise
+        for tp in pending:
+            self._done.pop((tp.topic, tp.partition), None)
+
+    def close(self) -> None:
+        """Leave the group (so partitions move at once) without committing anything new."""
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=10_000)
+        except Exception as error:  # noqa: BLE001 - shutting down; the group times us out anyway
+            log.warning("consumer_close_failed", error=repr(error))
+
+
+class KafkaDeadLetters:
+    """Dead letters to ``config.dlq_topic`` with acks=all; ``flush`` confirms every send or raises."""
+
+    def __init__(self, config: Any, **overrides: Any):
+        settings = dict(bootstrap_servers=list(config.kafka_bootstrap), client_id=f"{config.worker_id}-dlq",
+                        acks="all", linger_ms=5, max_block_ms=10_000, request_timeout_ms=10_000,
+                        retries=5, reconnect_backoff_max_ms=5_000)
+        settings.update(overrides)
+        self.topic = config.dlq_topic
+        try:
+            self._producer = KafkaProducer(**settings)
+        except kerrors.NoBrokersAvailable as error:
+            raise DependencyDown("kafka", f"no broker reachable at {list(config.kafka_bootstrap)}") from error
+        self._futures: list[Any] = []
+
+    def send(self, dead_letter: Any) -> None:
+        key = dead_letter.key_bytes()
+        try:
+            self._futures.append(self._producer.send(self.topic, value=dead_letter.to_json(), key=key))
+        except kerrors.KafkaError as error:
+            if _is_transient(error):
+                raise DependencyDown("kafka", f"dead-letter send failed: {error!r}") from error
+            raise
+
+    def flush(self) -> None:
+        futures, self._futures = self._futures, []
+        try:
+            self._producer.flush(timeout=20)
+        except kerrors.KafkaError as error:
+            raise DependencyDown("kafka", f"dead-letter flush failed: {error!r}") from error
+        failed = [f.exception for f in futures if not f.is_done or f.failed()]
+        if failed:
+            raise DependencyDown("kafka", f"{len(failed)} dead letters not acknowledged: {failed[0]!r}")
+
+    def close(self) -> None:
+        try:
+            self._producer.close(timeout=10)
+        except Exception as error:  # noqa: BLE001
+            log.warning("dlq_producer_close_failed", error=repr(error))

@@ -1,0 +1,358 @@
+"""THE loop, shared by Kafka and embedded mode: poll -> decode -> fetch -> score -> sinks -> commit.
+
+Per batch, stages run in order and remember what they finished, so a retry after a dependency
+failure resumes at the failed stage with the same batch:
+
+1. decode messages into ImageRefs and route each product to a model (bad record -> dead letter);
+2. fetch and decode the images concurrently (permanent failure -> dead letter; transient -> retry);
+3. score each (detector, class) group and build ScoreRecords and overlays;
+4. every sink writes, then every sink flushes;
+5. dead letters are sent and flushed;
+6. offsets are committed: last message + 1 per partition, nothing past the batch.
+
+Errors: BadRecord -> dead letter and continue; DependencyDown -> pause the source, back off with
+jitter (keeping the consumer alive), retry; anything else is a bug and propagates uncommitted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import structlog
+
+from .errors import BadRecord, DependencyDown
+from .sinks import ScoredImage, artefact_store
+
+log = structlog.get_logger("invad.pipeline.loop")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One raw message. ``embedded`` sources report ``{"name", "position"}`` instead of a Kafka position."""
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    embedded: bool = False
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+    def source_dict(self) -> dict[str, Any]:
+        from schemas import embedded_source, kafka_source
+        if self.embedded:
+            return embedded_source(self.topic, self.offset)
+        return kafka_source(self.topic, self.partition, self.offset)
+
+
+class Source(Protocol):
+    """What the loop consumes from: a Kafka consumer or an embedded reader."""
+    exhausted: bool  # True when an embedded source has nothing more to give (Kafka: never)
+
+    def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]: ...
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...  # next offset per partition
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def keepalive(self) -> None: ...  # stay in the group while paused; must not consume records
+    def keepalive_if_due(self) -> None: ...  # keepalive() when a long batch nears max.poll.interval.ms
+    def take_revoked(self) -> set[tuple[str, int]]: ...  # partitions lost since the last call
+    def close(self) -> None: ...
+
+
+class Abandoned(Exception):
+    """A stop was requested and a dependency stayed down past the drain timeout; nothing was committed."""
+
+
+@dataclass
+class Item:
+    """One message's journey through the stages."""
+    message: Message
+    ref: Any = None
+    route: Any = None
+    fetched: Any = None
+    bad: BadRecord | None = None
+    scored: ScoredImage | None = None
+
+
+@dataclass
+class BatchWork:
+    items: list[Item]
+    done: set[str] = field(default_factory=set)  # names of finished stages
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    scored: int = 0
+    flagged: int = 0
+    dead_lettered: Counter = field(default_factory=Counter)
+    retries: int = 0
+    abandoned: bool = False
+    scores: dict[str, float] = field(default_factory=dict)  # image_id -> score (bounded by keep_scores)
+
+
+class Loop:
+    """Runs batches from ``source`` through the stages until stopped or the source is exhausted."""
+
+    def __init__(self, *, source: Source, fetcher: Any, registry: Any, sinks: Sequence[Any], dead_letters: Any,
+                 config: Any, stop: threading.Event | None = None, keep_scores: int = 0):
+        self.source, self.fetcher, self.registry = source, fetcher, registry
+        self.sinks, self.dead_letters, self.config = list(sinks), dead_letters, config
+        self.stop = stop or threading.Event()
+        self.stats = LoopStats()
+        self._keep_scores = keep_scores
+        self._store = artefact_store(self.sinks)
+        self._stop_seen_at: float | None = None
+        self._last_alive = 0.0
+        self._health = Path(config.health_dir) if getattr(config, "health_dir", "") else None
+
+    # -- driving --------------------------------------------------------------------------------
+    def run(self) -> LoopStats:
+        """Process batches until ``stop`` is set (the batch in flight finishes) or the source is
+        exhausted. Returns the stats; ``stats.abandoned`` is True when a drain gave up on a batch.
+        Bugs propagate with nothing committed for the batch in flight."""
+        self.touch("ready")
+        while not self.stop.is_set():
+            self.touch("alive")
+            batch = self.source.poll_batch(self.config.batch_size, self.config.batch_wait_ms / 1000.0)
+            if not batch:
+                if self.source.exhausted:
+                    break
+                continue
+            try:
+                self.process(batch)
+            except Abandoned:
+                self.stats.abandoned = True
+                break
+        return self.stats
+
+    def process(self, batch: Sequence[Message]) -> None:
+        """Run one batch to commit, retrying dependency failures with capped exponential backoff."""
+        work = BatchWork([Item(message) for message in batch])
+        attempt = 0
+        while True:
+            try:
+                self._advance(work)
+                if attempt:
+                    self.source.resume()
+                    log.info("dependency_recovered", attempts=attempt)
+                return
+            except DependencyDown as error:
+                attempt += 1
+                self.stats.retries += 1
+                self.source.pause()
+                delay = self._backoff(attempt)
+                log.warning("dependency_down", dependency=error.dependency, error=error.message, attempt=attempt,
+                            retry_in_s=round(delay, 2), stage=self._next_stage(work),
+                            partitions=sorted({f"{m.topic}:{m.partition}" for m in batch}))
+                self._wait(delay)
+                self._drop_revoked(work)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter keeps a fleet of workers from hammering a recovering Redis in lock-step.
+        cap = min(self.config.backoff_max_s, 0.2 * 2 ** min(attempt, 20))
+        return random.uniform(cap / 2, cap)
+
+    def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds in short slices, keeping the consumer in its group; raise Abandoned
+        when a stop has waited longer than the drain timeout."""
+        deadline = time.monotonic() + delay
+        while True:
+            self.source.keepalive()
+            self.touch("alive")
+            if self.stop.is_set():
+                self._stop_seen_at = self._stop_seen_at or time.monotonic()
+                if time.monotonic() - self._stop_seen_at > self.config.drain_timeout_s:
+                    log.error("drain_abandoned", reason="dependency still down after stop",
+                              drain_timeout_s=self.config.drain_timeout_s)
+                    raise Abandoned()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.5))
+
+    def _drop_revoked(self, work: BatchWork) -> None:
+        # Partitions moved to another worker during the wait: that worker restarts from the last
+        # commit, so our copies of those messages must neither be written again nor committed.
+        revoked = self.source.take_revoked()
+        if revoked:
+            before = len(work.items)
+            work.items = [item for item in work.items if item.message.tp not in revoked]
+            log.info("batch_trimmed_after_revoke", dropped=before - len(work.items), revoked=sorted(map(str, revoked)))
+
+    # -- stages ---------------------------------------------------------------------------------
+    _STAGES = ("decode", "fetch", "score", "sinks", "dead_letters", "commit")
+
+    def _next_stage(self, work: BatchWork) -> str:
+        return next((stage for stage in self._STAGES if stage not in work.done), "done")
+
+    def _advance(self, work: BatchWork) -> None:
+        for stage in self._STAGES:
+            if stage not in work.done:
+                getattr(self, f"_stage_{stage}")(work)
+                work.done.add(stage)
+                self.source.keepalive_if_due()
+                self._drop_revoked(work)
+
+    def _stage_decode(self, work: BatchWork) -> None:
+        from schemas import ImageRef, SchemaError
+        for item in work.items:
+            try:
+                if item.message.value is None:
+                    raise BadRecord("invalid_json", "message value is null")
+                item.ref = ImageRef.from_json(item.message.value)
+                item.route = self.registry.route(item.ref.product)
+            except SchemaError as error:
+                item.bad = BadRecord(error.reason, error.message)
+            except BadRecord as error:
+                item.bad = error
+
+    def _stage_fetch(self, work: BatchWork) -> None:
+        live = [item for item in work.items if item.bad is None]
+        outcomes = self.fetcher.fetch_all([item.ref.uri for item in live])
+        for item, outcome in zip(live, outcomes):
+            if isinstance(outcome, BadRecord):
+                item.bad = outcome
+            else:
+                item.fetched = outcome
+
+    def _stage_score(self, work: BatchWork) -> None:
+        groups: dict[tuple[int, str | None], list[Item]] = defaultdict(list)
+        for item in work.items:
+            if item.bad is None:
+                groups[(id(item.route.detector), item.route.cls)].append(item)
+        for items in groups.values():
+            route = items[0].route
+            started = time.perf_counter()
+            classes = None if route.cls is None else [route.cls] * len(items)
+            prediction = route.detector.predict([item.fetched.image for item in items], classes)
+            infer_ms = (time.perf_counter() - started) * 1e3
+            # A threshold per image (class-conditional bundles) or one for the whole batch.
+            thresholds = np.broadcast_to(np.asarray(prediction.threshold, dtype=np.float64).reshape(-1), (len(items),))
+            for index, item in enumerate(items):
+                item.scored = self._build(item, route.detector, prediction, index, infer_ms, float(thresholds[index]))
+                item.fetched = None  # release pixels early; the batch may wait a while for sinks
+
+    def _build(self, item: Item, detector: Any, prediction: Any, index: int, infer_ms: float,
+               threshold: float) -> ScoredImage:
+        from schemas import NO_ARTEFACTS, ScoreRecord
+        ref, fetched = item.ref, item.fetched
+        anomaly_map = np.asarray(prediction.anomaly_map[index], dtype=np.float32)  # (S, S)
+        flagged = bool(prediction.pred_label[index])
+        scored_at = datetime.now(timezone.utc)
+        width, height = fetched.image.size
+        row, col = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+        map_stats = {
+            "max": float(anomaly_map.max()), "mean": float(anomaly_map.mean()),
+            "p99": float(np.percentile(anomaly_map, 99)),
+            # peak in input-image pixels: centre of the map cell, scaled to the original size
+            "peak_x": min(width - 1, int((col + 0.5) * width / anomaly_map.shape[1])),
+            "peak_y": min(height - 1, int((row + 0.5) * height / anomaly_map.shape[0])),
+        }
+        artefacts = dict(NO_ARTEFACTS)
+        if flagged and self._store is not None:
+            artefacts = self._store.artefact_uris(ref.product, ref.line_id, ref.image_id, fetched.ext)
+        timings = {"fetch": fetched.fetch_ms, "decode": fetched.decode_ms, "infer": infer_ms,
+                   "end_to_end": max(0.0, (scored_at - ref.captured_at).total_seconds() * 1e3)}
+        record = ScoreRecord(
+            image_id=ref.image_id, uri=ref.uri, line_id=ref.line_id, camera_id=ref.camera_id, product=ref.product,
+            captured_at=ref.captured_at, scored_at=scored_at, score=float(prediction.pred_score[index]),
+            is_anomaly=flagged, threshold=threshold, model_name=detector.name,
+            model_version=str(getattr(detector, "version", "unknown")), map_stats=map_stats, artefacts=artefacts, timings_ms=timings,
+            worker_id=self.config.worker_id, source=item.message.source_dict(), attributes=ref.attributes)
+        overlay = None
+        if flagged:
+            from worker.core.overlay import overlay_png
+            overlay = overlay_png(fetched.image, anomaly_map)
+        return ScoredImage(record=record, original=fetched.data if flagged else None, original_ext=fetched.ext,
+                           overlay=overlay)
+
+    def _stage_sinks(self, work: BatchWork) -> None:
+        scored = [item.scored for item in work.items if item.scored is not None]
+        if scored:
+            for sink in self.sinks:
+                sink.write(scored)
+            for sink in self.sinks:
+                sink.flush()
+
+    def _stage_dead_letters(self, work: BatchWork) -> None:
+        from schemas import DeadLetter
+        bad = [item for item in work.items if item.bad is not None]
+        if not bad:
+            return
+        for item in bad:
+            m = item.message
+            self.dead_letters.send(DeadLetter.for_message(
+                item.bad.reason, item.bad.message, value=m.value, key=m.key, topic=m.topic,
+                partition=None if m.embedded else m.partition, offset=m.offset, worker_id=self.config.worker_id))
+        self.dead_letters.flush()
+
+    def _stage_commit(self, work: BatchWork) -> None:
+        offsets = self._offsets(work)
+        if offsets:
+            self.source.commit(offsets)
+        self._record_stats(work)
+
+    def _record_stats(self, work: BatchWork) -> None:
+        self.stats.batches += 1
+        for item in work.items:
+            m = item.message
+            if item.bad is not None:
+                self.stats.dead_lettered[item.bad.reason] += 1
+                log.warning("dead_lettered", reason=item.bad.reason, error=item.bad.message, partition=m.partition,
+                            offset=m.offset, image_id=getattr(item.ref, "image_id", None))
+            elif item.scored is not None:
+                record = item.scored.record
+                self.stats.scored += 1
+                self.stats.flagged += int(record.is_anomaly)
+                if len(self.stats.scores) < self._keep_scores:
+                    self.stats.scores[record.image_id] = record.score
+                (log.info if record.is_anomaly else log.debug)(
+                    "scored", image_id=record.image_id, partition=m.partition, offset=m.offset,
+                    score=round(record.score, 4), is_anomaly=record.is_anomaly)
+        log.info("batch_committed", size=len(work.items), ms=round((time.perf_counter() - work.started) * 1e3, 1),
+                 dead_lettered=sum(item.bad is not None for item in work.items),
+                 offsets={f"{t}:{p}": o for (t, p), o in sorted(self._offsets(work).items())})
+
+    @staticmethod
+    def _offsets(work: BatchWork) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for item in work.items:
+            out[item.message.tp] = max(out.get(item.message.tp, 0), item.message.offset + 1)
+        return out
+
+    def touch(self, name: str) -> None:
+        """Touch ``{health_dir}/{name}`` (at most once a second for "alive"): the pod's probes read it."""
+        if self._health is None:
+            return
+        now = time.monotonic()
+        if name == "alive" and now - self._last_alive < 1.0:
+            return
+        self._last_alive = now if name == "alive" else self._last_alive
+        try:
+            self._health.mkdir(parents=True, exist_ok=True)
+            (self._health / name).touch()
+        except OSError as error:  # a full /tmp must not stop scoring; the probe will notice
+            log.warning("health_touch_failed", file=name, error=str(error))
+
+
+def remove_health(config: Any) -> None:
+    """Remove the probe files at shutdown, so a stopping pod reads as not ready."""
+    for name in ("ready", "alive"):
+        if getattr(config, "health_dir", ""):
+            try:
+                os.unlink(os.path.join(config.health_dir, name))
+            except OSError:
+                pass

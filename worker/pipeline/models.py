@@ -1,0 +1,99 @@
+"""Product key -> Detector, each bundle loaded once per process.
+
+A mapping is ``(("bottle", "/models/a"), ("*", "/models/b"))``: an explicit product uses its bundle,
+``*`` serves every other product. A class-conditional bundle (``detector.classes`` non-empty) serves
+exactly its classes: a product it does not know is an ``unknown_product`` dead letter, never a
+silent fallback to another class. A single-class bundle serves every product mapped to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import structlog
+
+from .errors import UNKNOWN_PRODUCT, BadRecord
+
+log = structlog.get_logger("invad.pipeline.models")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one product is scored: by ``detector`` with class ``cls`` (None for an unconditional bundle)."""
+    detector: Any
+    cls: str | None
+
+
+def _default_loader(path: str, device: str | None) -> Any:
+    from worker.core.detector import Detector  # the core is loaded only when a model is needed
+    return Detector.from_pretrained(path, device=device)
+
+
+class ModelRegistry:
+    """Resolves a product key to a :class:`Route`; built once at start, read-only afterwards."""
+
+    def __init__(self, mapping: Mapping[str, Any]):
+        """``mapping``: product (or "*") -> loaded Detector. Raises ValueError when an explicitly mapped
+        product is not a class of its class-conditional bundle."""
+        self._explicit: dict[str, Any] = {k: v for k, v in mapping.items() if k != "*"}
+        self._fallback = mapping.get("*")
+        if not self._explicit and self._fallback is None:
+            raise ValueError("INVAD_MODELS is empty: give a bundle path, or product=path pairs")
+        for product, detector in self._explicit.items():
+            classes = tuple(getattr(detector, "classes", ()) or ())
+            if len(classes) > 1 and product not in classes:
+                raise ValueError(f"INVAD_MODELS: product {product!r} is mapped to bundle "
+                                 f"{getattr(detector, 'name', '?')!r}, whose classes are {list(classes)}")
+
+    @classmethod
+    def load(cls, models: Iterable[tuple[str, str]], device: str | None = None,
+             loader: Callable[[str, str | None], Any] = _default_loader) -> "ModelRegistry":
+        """Load every distinct bundle path once. Raises ValueError naming a bad bundle and its product."""
+        by_path: dict[str, Any] = {}
+        mapping: dict[str, Any] = {}
+        for product, path in models:
+            if path not in by_path:
+                try:
+                    by_path[path] = loader(path, device)
+                except (ValueError, OSError) as error:
+                    raise ValueError(f"INVAD_MODELS: cannot load bundle {path!r} for product {product!r}: {error}") from error
+                detector = by_path[path]
+                log.info("model_loaded", product=product, path=path, model_name=getattr(detector, "name", None),
+                         model_version=getattr(detector, "version", None),
+                         classes=list(getattr(detector, "classes", ()) or ()), device=str(getattr(detector, "device", "")))
+            mapping[product] = by_path[path]
+        return cls(mapping)
+
+    def route(self, product: str) -> Route:
+        """The detector and class for ``product``.
+
+        Raises:
+            BadRecord: ``unknown_product`` when no bundle serves it (the message names what is served).
+        """
+        detector = self._explicit.get(product, self._fallback)
+        if detector is None:
+            raise BadRecord(UNKNOWN_PRODUCT, f"product {product!r} has no model; served: {self.served()}")
+        classes = tuple(getattr(detector, "classes", ()) or ())
+        if product in classes:
+            return Route(detector, product)
+        if len(classes) <= 1:  # a single-class bundle serves every product mapped to it
+            return Route(detector, None)
+        raise BadRecord(UNKNOWN_PRODUCT, f"product {product!r} is not a class of bundle "
+                        f"{getattr(detector, 'name', '?')!r}; served: {self.served()}")
+
+    def served(self) -> list[str]:
+        """Human-readable list of the products served ("*" when any product is)."""
+        names = set(self._explicit)
+        if self._fallback is not None:
+            classes = tuple(getattr(self._fallback, "classes", ()) or ())
+            names.update(classes if len(classes) > 1 else ("*",))
+        return sorted(names)
+
+    def detectors(self) -> list[Any]:
+        """Every distinct detector, for warm-up and logging."""
+        seen: dict[int, Any] = {}
+        for detector in [*self._explicit.values(), self._fallback]:
+            if detector is not None:
+                seen.setdefault(id(detector), detector)
+        return list(seen.values())

@@ -1,0 +1,104 @@
+"""The one module that imports redis: score records, per-line zsets and the alert stream.
+
+One batch is one MULTI/EXEC round trip: for each image a SET of the ScoreRecord JSON with a TTL, a
+ZADD to the line's recent (by capture time) and top (by score) sets, and for a flagged image the
+alert script of :mod:`schemas.redis_layout`, which adds a stream entry only if the image's
+``alerted`` marker is absent and sets the marker in the same atomic step. A redelivered batch
+therefore rewrites identical records and adds no second alert. Each line's sets are trimmed once
+per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import redis
+import redis.exceptions as rerrors
+import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import DependencyDown
+from .sinks import ScoredImage
+
+log = structlog.get_logger("invad.pipeline.redis")
+
+_TRANSIENT = (rerrors.ConnectionError, rerrors.TimeoutError, rerrors.BusyLoadingError, rerrors.ReadOnlyError,
+              rerrors.TryAgainError, rerrors.ClusterDownError)
+# Server replies that describe the server's state, not our request: wait and retry.
+_TRANSIENT_REPLIES = ("OOM", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
+
+
+class RedisSink:
+    """Writes every scored image to Redis; idempotent by ``image_id``."""
+
+    def __init__(self, url: str, layout: Any, *, client: Any = None, socket_timeout_s: float = 5.0):
+        """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes). The connection is made
+        lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
+        from schemas import ALERT_ONCE_LUA
+        self.layout = layout
+        # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
+        self._client = client or redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
+            health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
+        self._alert = self._client.register_script(ALERT_ONCE_LUA)
+        self._pending: dict[str, ScoredImage] = {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> "RedisSink":
+        from schemas import RedisLayout
+        layout = RedisLayout(prefix=config.redis_prefix, record_ttl_s=config.record_ttl_s,
+                             recent_max=config.recent_per_line, top_max=config.top_per_line,
+                             alerts_maxlen=config.alert_stream_maxlen)
+        return cls(config.redis_url, layout)
+
+    def write(self, batch: Sequence[ScoredImage]) -> None:
+        """Stage the batch; nothing is sent until :meth:`flush`."""
+        for item in batch:
+            self._pending[item.record.image_id] = item
+
+    def flush(self) -> None:
+        """Send everything staged in one MULTI/EXEC.
+
+        Raises:
+            DependencyDown: Redis unreachable, timing out, loading, read-only or out of memory; the
+                staged batch is kept, so the loop's retry sends it again.
+        """
+        if not self._pending:
+            return
+        from schemas import AlertEntry
+        layout, ttl = self.layout, self.layout.record_ttl_s
+        pipe = self._client.pipeline(transaction=True)
+        lines: set[str] = set()
+        for item in self._pending.values():
+            record = item.record
+            key = layout.score_key(record.image_id)
+            pipe.set(key, record.to_json(), ex=ttl)
+            pipe.zadd(layout.line_recent_key(record.line_id), {record.image_id: record.captured_at.timestamp()})
+            pipe.zadd(layout.line_top_key(record.line_id), {record.image_id: record.score})
+            lines.add(record.line_id)
+            if record.is_anomaly:
+                keys, args = layout.alert_script_args(record.image_id, AlertEntry.from_record(record, key).to_fields())
+                self._alert(keys=keys, args=args, client=pipe)
+        for line_id in sorted(lines):
+            for zset, keep in ((layout.line_recent_key(line_id), layout.recent_max),
+                               (layout.line_top_key(line_id), layout.top_max)):
+                pipe.zremrangebyrank(zset, 0, -(keep + 1))  # keep the newest / highest ``keep``
+                pipe.expire(zset, ttl)
+        try:
+            pipe.execute()
+        except _TRANSIENT as error:
+            raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
+        except rerrors.ResponseError as error:
+            if str(error).upper().startswith(_TRANSIENT_REPLIES):
+                raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
+            raise
+        finally:
+            pipe.reset()
+        self._pending.clear()
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception as error:  # noqa: BLE001 - shutting down
+            log.warning("redis_close_failed", error=repr(error))

@@ -1,0 +1,84 @@
+"""Flagged images to S3: original bytes, overlay PNG and the ScoreRecord JSON, under deterministic keys
+``{prefix}/{product}/{line_id}/{image_id}/{original.ext|overlay.png|record.json}``.
+
+PUTs of the same key with the same bytes are idempotent, so a redelivered batch changes nothing.
+The sink goes before Redis in the sink list, so an alert never points at an object not yet written.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from . import s3
+from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
+
+_CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff",
+                  "webp": "image/webp", "gif": "image/gif"}
+
+
+class S3Sink:
+    """Uploads the artefacts of flagged images; ``write`` uploads (concurrently), ``flush`` is a no-op."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "invad", *, create_bucket: bool = False,
+                 concurrency: int = 8):
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+        self._create = create_bucket
+        self._ready = False
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invad-s3")
+
+    @classmethod
+    def from_config(cls, config: Any, client: Any = None) -> "S3Sink":
+        return cls(client or s3.client_from_config(config), config.s3_bucket, config.s3_prefix,
+                   create_bucket=config.s3_create_bucket, concurrency=config.fetch_concurrency)
+
+    def setup(self) -> None:
+        """Create the bucket when asked to (idempotent); raises DependencyDown while S3 is down."""
+        if self._create and not self._ready:
+            s3.ensure_bucket(self.client, self.bucket)
+        self._ready = True
+
+    def key(self, product: str, line_id: str, image_id: str, name: str) -> str:
+        return artefact_key(self.prefix, product, line_id, image_id, name)
+
+    def artefact_uris(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
+        return {kind: f"s3://{self.bucket}/{self.key(product, line_id, image_id, name)}"
+                for kind, name in (("original", f"original.{original_ext}"), ("overlay", OVERLAY), ("record", RECORD))}
+
+    def write(self, batch: Sequence[ScoredImage]) -> None:
+        """Upload every flagged image's three objects.
+
+        Raises:
+            DependencyDown: S3 unreachable, throttling or failing with 5xx (the loop retries the batch).
+        """
+        self.setup()
+        puts = []
+        for item in batch:
+            if not item.flagged:
+                continue
+            r = item.record
+            ext = item.original_ext
+            puts.append((self.key(r.product, r.line_id, r.image_id, f"original.{ext}"), item.original or b"",
+                         _CONTENT_TYPES.get(ext, "application/octet-stream")))
+            puts.append((self.key(r.product, r.line_id, r.image_id, OVERLAY), item.overlay or b"", "image/png"))
+            puts.append((self.key(r.product, r.line_id, r.image_id, RECORD), r.to_json(), "application/json"))
+        errors = [error for error in self._pool.map(self._put, puts) if error is not None]
+        if errors:
+            transient = [e for e in errors if s3.is_transient(e)]
+            if transient:
+                raise s3.as_dependency_down(transient[0], f"{len(errors)} of {len(puts)} uploads failed") from transient[0]
+            raise errors[0]
+
+    def _put(self, put: tuple[str, bytes, str]) -> BaseException | None:
+        key, body, content_type = put
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+            return None
+        except Exception as error:  # noqa: BLE001 - returned and classified by write()
+            return error
+
+    def flush(self) -> None:
+        """Nothing buffered: write() returns only after every PUT was acknowledged."""
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
