@@ -1,0 +1,264 @@
+"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, work (pipeline).
+
+Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
+names it and how to fix it. Heavy imports (torch, kafka) happen inside the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """A bad command-line value; printed without a traceback, exit status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,3, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
+# -- train ----------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a detector bundle on normal images",
+                       description="DATA: a folder of normal images, an MVTec AD category folder (its train/good), "
+                                   "'elpv' (the packaged solar-cell set, fixed split), or several category folders "
+                                   "for one class-conditional bundle (class = folder name).")
+    p.add_argument("data", nargs="+", help="folder(s) of normal images, MVTec AD categories, or 'elpv'")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--name", default=None, help="model name stored in the bundle (default: the --out folder name)")
+    p.add_argument("--backbone", default="efficientnet-lite0",
+                   help="efficientnet-lite0..4 (packaged weights), efficientnet_b4 or wide_resnet50_2 (--backbone-weights)")
+    p.add_argument("--backbone-weights", default=None, help="ImageNet weight file (.pth state dict or .safetensors)")
+    p.add_argument("--strides", type=_int_list, default=[4, 8, 16], help="feature strides to tap (default 4,8,16)")
+    p.add_argument("--image-size", type=_positive_int, default=256)
+    p.add_argument("--steps", type=_positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
+    p.add_argument("--score", default="nll,map_max", help="score components: nll, range, map_max, map_mean")
+    p.add_argument("--target-fpr", type=_probability, default=0.01, help="false-positive rate on normals (default 0.01)")
+    p.add_argument("--validation", default=None, help="labelled MVTec-layout category (or 'elpv'): F1-max threshold")
+    p.add_argument("--iterations", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--width", type=_positive_int, default=None, help="denoiser hidden channels")
+    p.add_argument("--blocks", type=_positive_int, default=None, help="denoiser residual blocks")
+    p.add_argument("--kernel-size", type=int, choices=(1, 3, 5), default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--calib-fraction", type=_probability, default=None, help="held-out normal fraction (default 0.2)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (default 250)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint after an interruption")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from dataclasses import replace
+
+    from .core.config import DetectorConfig
+    from .core.train import TrainConfig, train
+
+    detector_config = DetectorConfig(name=args.name or Path(args.out).name, image_size=args.image_size,
+                                     backbone=args.backbone, strides=tuple(args.strides), steps=args.steps,
+                                     score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),
+                                     target_fpr=args.target_fpr)
+    overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "width": args.width,
+                 "num_blocks": args.blocks, "kernel_size": args.kernel_size, "learning_rate": args.lr,
+                 "calib_fraction": args.calib_fraction, "checkpoint_every": args.checkpoint_every}
+    train_config = replace(TrainConfig(seed=args.seed), **{k: v for k, v in overrides.items() if v is not None})
+    _, summary = train(args.data, args.out, detector_config, train_config, args.backbone_weights,
+                       args.validation, args.device, args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# -- score ----------------------------------------------------------------------------------------
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score image files or folders; JSON lines on stdout")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--product", default=None, help="product class for a class-conditional bundle")
+    p.add_argument("--overlays", default=None, help="write heat-map overlay PNGs into this folder")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_score)
+
+
+def _run_score(args) -> int:
+    from .core.data import list_images
+    from .core.detector import Detector
+    from .core.images import ImageDecodeError, load_image
+    from .core.overlay import overlay_png
+
+    files: list[Path] = []
+    for entry in map(Path, args.paths):
+        if entry.is_dir():
+            files += list_images(entry)
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise UsageError(f"{entry} is neither a file nor a folder")
+    if not files:
+        raise UsageError(f"no images found in {', '.join(args.paths)}")
+    detector = Detector.from_pretrained(args.model, args.device)
+    classes = None if args.product is None else [args.product]
+    overlays = Path(args.overlays) if args.overlays else None
+    if overlays:
+        overlays.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for start in range(0, len(files), args.batch_size):
+        batch, images = [], []
+        for path in files[start:start + args.batch_size]:
+            try:
+                images.append(load_image(path))
+                batch.append(path)
+            except ImageDecodeError as error:
+                failures += 1
+                print(json.dumps({"path": str(path), "error": error.reason, "message": error.message}), flush=True)
+                print(f"invad score: skipped {error.message}", file=sys.stderr)
+        if not images:
+            continue
+        result = detector.predict(images, None if classes is None else classes * len(images))
+        for i, path in enumerate(batch):
+            record = {"path": str(path), "score": round(float(result.pred_score[i]), 6),
+                      "is_anomaly": bool(result.pred_label[i]), "threshold": round(float(result.threshold[i]), 6)}
+            if overlays:
+                name = overlays / f"{path.stem}_{abs(hash(str(path.resolve()))) % 10**8:08d}.png"
+                name.write_bytes(overlay_png(images[i], result.anomaly_map[i], float(result.threshold[i])))
+                record["overlay"] = str(name)
+            print(json.dumps(record), flush=True)
+    return 1 if failures else 0
+
+
+# -- eval -----------------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a bundle on an MVTec AD category or 'elpv'")
+    p.add_argument("data", help="MVTec AD category folder (test/, ground_truth/) or 'elpv'")
+    p.add_argument("--model", required=True)
+    p.add_argument("--report", required=True, help="JSON report path; a .md table and PNG plots are written beside it")
+    p.add_argument("--compare", action="store_true", help="add the reconstruction and per-position Gaussian baselines")
+    p.add_argument("--steps", type=_int_list, default=None, help="also report these inversion step counts")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .core.detector import Detector
+    from .core.evaluate import evaluate_path, markdown_table, write_report
+
+    detector = Detector.from_pretrained(args.model, args.device)
+    report = evaluate_path(detector, args.data, compare=args.compare, steps=args.steps, batch_size=args.batch_size)
+    paths = write_report(report, args.report)
+    print(markdown_table(report), end="")
+    print(json.dumps(paths))
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------------------
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="throughput and per-stage latency (detector), or the pipeline through real services")
+    p.add_argument("target", nargs="?", default="detector", choices=("detector", "pipeline"))
+    p.add_argument("--model", default=None, help="bundle (default: the untrained default architecture)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32])
+    p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 5])
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--image-size", type=_positive_int, default=256)
+    p.add_argument("--out", default="bench.json", help="JSON file to write")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    if args.target == "pipeline":
+        from .pipeline.bench import run_pipeline_bench
+
+        return run_pipeline_bench(args)
+    import torch
+
+    from .core import bench
+    from .core.detector import Detector, select_device
+    from .core.config import DetectorConfig
+    from .core.train import TrainConfig, build_detector
+
+    device = select_device(args.device)
+    detector = (Detector.from_pretrained(args.model, device) if args.model
+                else build_detector(DetectorConfig(image_size=args.image_size), TrainConfig()).to(device))
+    images = bench.bench_images(max(args.batch_sizes), detector.config.image_size)
+    rows = bench.benchmark(detector, images, args.batch_sizes, args.steps, args.repeats)
+    ratios = bench.ratio_summary(rows, detector.config.steps)
+    bench.write(rows, args.out, {"model": args.model or "untrained default", "device": str(device),
+                                 "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})
+    print(bench.format_table(rows), end="")
+    for r in ratios:
+        print(f"batch {r['batch_size']}: inversion S={detector.config.steps} vs reconstruction: "
+              f"{r['end_to_end_speedup']:.2f}x end to end, {r['denoiser_speedup']:.2f}x denoiser only")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invad", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_score(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    from .demo import add_demo
+
+    add_demo(sub)
+    from producers import cli as produce_cli
+
+    produce = sub.add_parser("produce", help="publish image references to Kafka")
+    produce_cli.add_arguments(produce)
+    produce.set_defaults(run=produce_cli.run)
+    from .pipeline import cli as work_cli
+
+    work = sub.add_parser("work", help="run the streaming worker (Kafka, or embedded with --source)")
+    work_cli.add_arguments(work)
+    work.set_defaults(run=work_cli.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"invad {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as error:  # every validation error of the project is a ValueError subclass
+        print(f"invad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
