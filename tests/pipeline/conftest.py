@@ -1,7 +1,8 @@
-"""Pipeline fixtures: a fast fake detector, generated image folders, and the real services.
+"""Pipeline fixtures: the real tiny detector (one- and two-class), generated image folders, and the
+real services.
 
 Service tests read ``INVAD_TEST_KAFKA``, ``INVAD_TEST_REDIS_URL`` and ``INVAD_TEST_S3_*`` (written by
-``scripts/services.sh`` to ``~/.cache/invad/run/services.env``) and skip, saying so, when absent.
+``scripts/services.sh`` to ``~/.cache/invad/run/services.env``) through ``services.service_setting``.
 Every test gets its own topic, group, Redis prefix and bucket.
 """
 
@@ -13,17 +14,42 @@ from pathlib import Path
 
 import pytest
 
-# tests/pipeline first: its helper modules (fakes, proxy, kafka_helpers) are imported by name.
+# tests/pipeline first: its helper modules (helpers, proxy, kafka_helpers) are imported by name.
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import FakeDetector, write_images  # noqa: E402
+from helpers import write_images  # noqa: E402
+from services import service_setting  # noqa: E402
+from synthetic import write_mvtec_category  # noqa: E402
 
 
-@pytest.fixture
-def fake_registry():
+@pytest.fixture(scope="session")
+def registry(tiny_bundle):
+    """Every product -> the real tiny detector (tests/conftest.py), loaded once for the session."""
     from worker.pipeline.models import ModelRegistry
-    return ModelRegistry({"*": FakeDetector()})
+    return ModelRegistry.load([("*", str(tiny_bundle))], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def two_class_bundle(tmp_path_factory) -> Path:
+    """A real class-conditional bundle serving products ``default`` and ``other`` (64 px, briefly trained:
+    for routing, not for accuracy)."""
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig, train
+
+    data = tmp_path_factory.mktemp("two_class_data")
+    categories = [write_mvtec_category(data / name, n_train=12, size=64, seed=seed)
+                  for seed, name in enumerate(("default", "other"), start=1)]
+    out = tmp_path_factory.mktemp("bundles") / "two_class"
+    train(categories, out, DetectorConfig(name="two-class", image_size=64),
+          TrainConfig(iterations=20, batch_size=8, width=16, num_blocks=1, warmup=5), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_class_detector(two_class_bundle):
+    from worker.core.detector import Detector
+    return Detector.from_pretrained(two_class_bundle, "cpu")
 
 
 @pytest.fixture
@@ -32,24 +58,19 @@ def image_folder(tmp_path) -> tuple[Path, dict[str, bool]]:
     return folder, write_images(folder, 6, 4)
 
 
-def _need(var: str) -> str:
-    value = os.environ.get(var)
-    if not value:
-        pytest.skip(f"{var} is not set: run `source ~/.cache/invad/run/services.env` after scripts/services.sh start")
-    return value
-
-
 @pytest.fixture
 def kafka_bootstrap() -> str:
-    return _need("INVAD_TEST_KAFKA")
+    return service_setting("INVAD_TEST_KAFKA")
 
 
 @pytest.fixture
 def redis_url() -> str:
-    return _need("INVAD_TEST_REDIS_URL")
+    return service_setting("INVAD_TEST_REDIS_URL")
 
 
 @pytest.fixture
 def s3_settings() -> dict[str, str]:
-    return {"endpoint": _need("INVAD_TEST_S3_ENDPOINT"), "access_key": _need("INVAD_TEST_S3_ACCESS_KEY"),
-            "secret_key": _need("INVAD_TEST_S3_SECRET_KEY"), "region": os.environ.get("INVAD_TEST_S3_REGION", "us-east-1")}
+    return {"endpoint": service_setting("INVAD_TEST_S3_ENDPOINT"),
+            "access_key": service_setting("INVAD_TEST_S3_ACCESS_KEY"),
+            "secret_key": service_setting("INVAD_TEST_S3_SECRET_KEY"),
+            "region": os.environ.get("INVAD_TEST_S3_REGION", "us-east-1")}

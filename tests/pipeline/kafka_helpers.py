@@ -17,7 +17,8 @@ from typing import Any, Callable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from fakes import make_texture_images, unique
+from helpers import IMAGE_SIZE, SEED, unique
+from synthetic import make_texture_images
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -30,6 +31,7 @@ class KafkaEnv:
     redis_url: str
     s3: dict[str, str]
     partitions: int = 3
+    models: str = ""  # INVAD_MODELS: the bundle a worker subprocess loads (a WorkerThread is given its registry)
     topic: str = field(default_factory=lambda: unique("images"))
     group: str = field(default_factory=lambda: unique("group"))
     prefix: str = field(default_factory=lambda: unique("p"))
@@ -62,7 +64,9 @@ class KafkaEnv:
                "INVAD_REDIS_URL": self.redis_url, "INVAD_REDIS_PREFIX": self.prefix,
                "INVAD_S3_ENDPOINT": self.s3["endpoint"], "INVAD_S3_BUCKET": self.bucket, "INVAD_S3_PREFIX": "art",
                "AWS_ACCESS_KEY_ID": self.s3["access_key"], "AWS_SECRET_ACCESS_KEY": self.s3["secret_key"],
-               "AWS_REGION": self.s3["region"], "INVAD_MODELS": "fake", "INVAD_BATCH_SIZE": "4",
+               "AWS_REGION": self.s3["region"], "INVAD_BATCH_SIZE": "4", "INVAD_DEVICE": "cpu",
+               # run_kafka loads INVAD_MODELS only when no registry is passed in (WorkerThread passes one)
+               "INVAD_MODELS": self.models or "registry-passed-in-process",
                "INVAD_BATCH_WAIT_MS": "200", "INVAD_SESSION_TIMEOUT_MS": "6000", "INVAD_HEARTBEAT_INTERVAL_MS": "2000",
                "INVAD_MAX_POLL_INTERVAL_MS": "20000", "INVAD_BACKOFF_MAX_S": "1", "INVAD_DRAIN_TIMEOUT_S": "10",
                "INVAD_FETCH_TIMEOUT_S": "2", "INVAD_RECORD_TTL_S": "3600"}
@@ -176,14 +180,17 @@ class WorkerThread:
 
 
 def start_worker_process(env: KafkaEnv, log_path: Path, **overrides: str) -> subprocess.Popen:
-    """A worker subprocess (tests/pipeline/worker_proc.py, fake detector) logging to ``log_path``."""
-    environ = {**os.environ, **env.environ(**overrides),
+    """A worker subprocess (tests/pipeline/worker_proc.py, the real bundle ``env.models``) logging to
+    ``log_path``. One torch thread each: several workers share the test machine's cores."""
+    assert env.models, "a worker process needs KafkaEnv(models=<bundle path>)"
+    environ = {**os.environ, **env.environ(**overrides), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE), str(HERE.parent)])}
     return subprocess.Popen([sys.executable, str(HERE / "worker_proc.py")], env=environ, cwd=str(REPO),
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 
-def texture_pngs(n_good: int, n_bad: int, seed: int = 0, size: int = 64) -> dict[str, bytes]:
+def texture_pngs(n_good: int, n_bad: int, seed: int = SEED, size: int = IMAGE_SIZE) -> dict[str, bytes]:
+    """PNG bytes of generated textures, ``good_XXX.png`` and ``bad_XXX.png`` (one drawn defect each)."""
     good, _ = make_texture_images(n_good, size=size, seed=seed)
     bad, _ = make_texture_images(n_bad, defect=True, size=size, seed=seed + 1)
     return {**{f"good_{i:03d}.png": png(im) for i, im in enumerate(good)},

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from fakes import FakeDetector
+from helpers import InstrumentedDetector
 from worker.pipeline.config import WorkerConfig, add_config_arguments
 from worker.pipeline.errors import BadRecord, DependencyDown
 
@@ -80,22 +80,20 @@ def test_cli_exits_2_on_bad_config(monkeypatch, capsys):
     assert "INVAD_FETCH_CONCURRENCY='-1'" in capsys.readouterr().err
 
 
-def test_registry_routes_products():
+def test_registry_routes_products(registry, two_class_detector):
     from worker.pipeline.models import ModelRegistry
 
-    class Multi(FakeDetector):
-        classes = ("bottle", "cable")
-
-    single, multi = FakeDetector(), Multi()
-    registry = ModelRegistry({"bottle": multi, "cable": multi, "screw": single})
-    assert registry.route("bottle").cls == "bottle" and registry.route("screw").cls is None
+    single, multi = registry.detectors()[0], two_class_detector
+    assert multi.classes == ("default", "other") and len(single.classes) <= 1
+    routes = ModelRegistry({"default": multi, "other": multi, "screw": single})
+    assert routes.route("default").cls == "default" and routes.route("screw").cls is None
     with pytest.raises(BadRecord, match="unknown_product"):
-        registry.route("wood")
+        routes.route("wood")
     fallback = ModelRegistry({"*": multi})
-    assert fallback.route("cable").detector is multi
+    assert fallback.route("other").detector is multi and fallback.route("other").cls == "other"
     with pytest.raises(BadRecord) as info:
-        fallback.route("default")
-    assert info.value.reason == "unknown_product" and "bottle" in info.value.message
+        fallback.route("bottle")
+    assert info.value.reason == "unknown_product" and "other" in info.value.message
     with pytest.raises(ValueError, match="classes are"):
         ModelRegistry({"wood": multi})
     loads = []
@@ -121,10 +119,12 @@ class FlakySink:
     def close(self): ...
 
 
-def test_loop_retries_a_down_sink_without_committing(image_folder, fake_registry, tmp_path):
+def test_loop_retries_a_down_sink_without_committing(image_folder, registry, tmp_path):
     from worker.pipeline import embedded
     from worker.pipeline.fetch import Fetcher
     from worker.pipeline.loop import Loop
+    from worker.pipeline.models import ModelRegistry
+    detector = InstrumentedDetector(registry.detectors()[0])  # the real detector, counting its batches
     folder, labels = image_folder
     progress = embedded.ProgressStore(tmp_path / "p.json")
     source = embedded.folder_source(folder, progress)
@@ -133,15 +133,15 @@ def test_loop_retries_a_down_sink_without_committing(image_folder, fake_registry
     source.commit = lambda offsets: (commits.append(dict(offsets)), original_commit(offsets))
     config = WorkerConfig(mode="embedded", batch_size=20, backoff_max_s=0.05, file_roots=(str(folder.resolve()),))
     sink = FlakySink(failures=3)
-    loop = Loop(source=source, fetcher=Fetcher.from_config(config), registry=fake_registry, sinks=[sink],
-                dead_letters=embedded.JsonlDeadLetters(tmp_path / "dl.jsonl"), config=config)
+    loop = Loop(source=source, fetcher=Fetcher.from_config(config), registry=ModelRegistry({"*": detector}),
+                sinks=[sink], dead_letters=embedded.JsonlDeadLetters(tmp_path / "dl.jsonl"), config=config)
     stats = loop.run()
     assert stats.retries == 3 and stats.scored == len(labels)
     assert sorted(sink.flushed) == sorted(labels) and len(commits) == 1  # committed once, after the flush
-    assert fake_registry.detectors()[0].calls == [len(labels)]  # retry resumed at the sink stage: scored once
+    assert detector.calls == [len(labels)]  # retry resumed at the sink stage: scored once
 
 
-def test_loop_abandons_a_drain_when_the_dependency_stays_down(image_folder, fake_registry, tmp_path):
+def test_loop_abandons_a_drain_when_the_dependency_stays_down(image_folder, registry, tmp_path):
     from worker.pipeline import embedded
     from worker.pipeline.fetch import Fetcher
     from worker.pipeline.loop import Loop
@@ -150,7 +150,7 @@ def test_loop_abandons_a_drain_when_the_dependency_stays_down(image_folder, fake
     stop.set()  # stop requested while the batch waits for a dependency
     source = embedded.folder_source(folder, embedded.ProgressStore(tmp_path / "p.json"))
     config = WorkerConfig(mode="embedded", backoff_max_s=0.05, drain_timeout_s=0.2, file_roots=(str(folder.resolve()),))
-    loop = Loop(source=source, fetcher=Fetcher.from_config(config), registry=fake_registry, sinks=[FlakySink(10**6)],
+    loop = Loop(source=source, fetcher=Fetcher.from_config(config), registry=registry, sinks=[FlakySink(10**6)],
                 dead_letters=embedded.JsonlDeadLetters(tmp_path / "dl.jsonl"), config=config, stop=stop)
     with pytest.raises(Exception) as info:
         loop.process(source.poll_batch(4, 0))

@@ -18,17 +18,17 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def kenv(kafka_bootstrap, redis_url, s3_settings) -> KafkaEnv:
-    return KafkaEnv(kafka_bootstrap, redis_url, s3_settings).setup()
+def kenv(kafka_bootstrap, redis_url, s3_settings, tiny_bundle) -> KafkaEnv:
+    return KafkaEnv(kafka_bootstrap, redis_url, s3_settings, models=str(tiny_bundle)).setup()
 
 
-def _outage(kenv: KafkaEnv, fake_registry, proxy: TCPProxy, **config_overrides: str) -> None:
+def _outage(kenv: KafkaEnv, registry, proxy: TCPProxy, **config_overrides: str) -> None:
     """Score a first half, cut ``proxy``, publish a second half, check nothing moves, restore, finish."""
     images = texture_pngs(8, 4, seed=3)
     upload_images(kenv, images)
     refs = refs_for(kenv, images)
     first, second = refs[:6], refs[6:]
-    worker = WorkerThread(kenv.config(**config_overrides), fake_registry)
+    worker = WorkerThread(kenv.config(**config_overrides), registry)
     try:
         produce(kenv, first)
         wait_for(lambda: len(stored_records(kenv)) == 6 and all_committed(kenv), 60, "first half")
@@ -50,16 +50,16 @@ def _outage(kenv: KafkaEnv, fake_registry, proxy: TCPProxy, **config_overrides: 
     assert flagged and sorted(alert_ids(kenv)) == flagged  # one alert per flagged image, none doubled
 
 
-def test_redis_down_mid_stream(kenv, fake_registry):
+def test_redis_down_mid_stream(kenv, registry):
     parts = urlsplit(kenv.redis_url)
     with TCPProxy(parts.hostname, parts.port) as proxy:
-        _outage(kenv, fake_registry, proxy, INVAD_REDIS_URL=f"redis://{proxy.address}{parts.path}")
+        _outage(kenv, registry, proxy, INVAD_REDIS_URL=f"redis://{proxy.address}{parts.path}")
 
 
-def test_s3_down_mid_stream(kenv, fake_registry):
+def test_s3_down_mid_stream(kenv, registry):
     parts = urlsplit(kenv.s3["endpoint"])
     with TCPProxy(parts.hostname, parts.port) as proxy:
-        _outage(kenv, fake_registry, proxy, INVAD_S3_ENDPOINT=f"http://{proxy.address}")
+        _outage(kenv, registry, proxy, INVAD_S3_ENDPOINT=f"http://{proxy.address}")
 
 
 def _log_events(path) -> list[dict]:
@@ -101,8 +101,8 @@ def test_sigterm_mid_batch_drains_commits_and_exits_0(kenv, tmp_path):
         assert committed[partition] == max(done) + 1 and sorted(done) == list(range(committed[partition]))
 
 
-def test_sigkill_one_of_three_workers_loses_nothing(kafka_bootstrap, redis_url, s3_settings, tmp_path):
-    kenv = KafkaEnv(kafka_bootstrap, redis_url, s3_settings, partitions=6).setup()
+def test_sigkill_one_of_three_workers_loses_nothing(kafka_bootstrap, redis_url, s3_settings, tiny_bundle, tmp_path):
+    kenv = KafkaEnv(kafka_bootstrap, redis_url, s3_settings, partitions=6, models=str(tiny_bundle)).setup()
     images = texture_pngs(24, 6, seed=7)
     upload_images(kenv, images)
     produce(kenv, refs_for(kenv, images, lines=12))

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def kenv(kafka_bootstrap, redis_url, s3_settings) -> KafkaEnv:
-    return KafkaEnv(kafka_bootstrap, redis_url, s3_settings).setup()
+def kenv(kafka_bootstrap, redis_url, s3_settings, tiny_bundle) -> KafkaEnv:
+    return KafkaEnv(kafka_bootstrap, redis_url, s3_settings, models=str(tiny_bundle)).setup()
 
 
 def check_artefacts(env: KafkaEnv, records) -> None:
@@ -32,13 +32,11 @@ def check_artefacts(env: KafkaEnv, records) -> None:
             assert set(record.artefacts.values()) == {None}
 
 
-def test_end_to_end_real_model_and_embedded_equivalence(kenv, tiny_bundle, tmp_path):
+def test_end_to_end_real_model_and_embedded_equivalence(kenv, registry, tmp_path):
     from worker.pipeline.cli import run_embedded
-    from worker.pipeline.models import ModelRegistry
     images = texture_pngs(8, 4)
     upload_images(kenv, images)
     produce(kenv, refs_for(kenv, images))
-    registry = ModelRegistry.load([("*", str(tiny_bundle))], device="cpu")
     worker = WorkerThread(kenv.config(INVAD_BATCH_SIZE="8"), registry)
     try:
         wait_for(lambda: len(stored_records(kenv)) == len(images) and all_committed(kenv), 120, "all records + commits")
@@ -63,7 +61,7 @@ def test_end_to_end_real_model_and_embedded_equivalence(kenv, tiny_bundle, tmp_p
                                [kafka_scores[n] for n in sorted(images)], rtol=1e-4, atol=1e-4)
 
 
-def test_poison_messages_go_to_the_dlq_and_the_rest_is_scored(kenv, fake_registry):
+def test_poison_messages_go_to_the_dlq_and_the_rest_is_scored(kenv, registry):
     images = texture_pngs(4, 2)
     upload_images(kenv, images)
     kenv.s3_client().put_object(Bucket=kenv.bucket, Key="in/junk.png", Body=b"definitely not a png")
@@ -72,7 +70,7 @@ def test_poison_messages_go_to_the_dlq_and_the_rest_is_scored(kenv, fake_registr
     poison = [(b"L0", b"{not json"), (b"L1", wrong_schema), (b"L2", ref_json(kenv, "gone", "missing.png", "L2")),
               (b"L3", ref_json(kenv, "junk", "junk.png", "L3")), (None, b"\xff\xfe binary")]
     produce(kenv, good[:3] + poison + good[3:])
-    worker = WorkerThread(kenv.config(), fake_registry)
+    worker = WorkerThread(kenv.config(), registry)
     try:
         wait_for(lambda: len(stored_records(kenv)) == len(images) and all_committed(kenv), 60, "records + commits")
     finally:

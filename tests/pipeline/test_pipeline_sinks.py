@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from fakes import unique
+from helpers import unique
 from proxy import TCPProxy
 from worker.pipeline.errors import BadRecord, DependencyDown
 from worker.pipeline.sinks import ScoredImage

@@ -1,7 +1,8 @@
 """Fixtures for producer tests: real services from the environment, generated PNG folders, a CLI runner.
 
 Service tests read INVAD_TEST_KAFKA and INVAD_TEST_S3_* (written by `scripts/services.sh start` to
-$HOME/.cache/invad/run/services.env) and skip only when a variable is absent.
+$HOME/.cache/invad/run/services.env) through services.service_setting: a test skips only when a variable
+is absent, and fails instead under INVAD_REQUIRE_SERVICES=1 (scripts/test.sh).
 """
 
 from __future__ import annotations
@@ -20,20 +21,12 @@ from pathlib import Path
 import pytest
 
 from producers import cli
-
-SERVICES_HINT = "run scripts/services.sh start and source $HOME/.cache/invad/run/services.env"
-
-
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.skip(f"{name} is not set ({SERVICES_HINT})")
-    return value
+from services import service_setting
 
 
 @pytest.fixture
 def kafka_bootstrap() -> str:
-    return _env("INVAD_TEST_KAFKA")
+    return service_setting("INVAD_TEST_KAFKA")
 
 
 @pytest.fixture
@@ -44,9 +37,9 @@ def topic() -> str:
 @pytest.fixture
 def s3_env(monkeypatch) -> str:
     """The S3 endpoint, with the standard AWS variables set from INVAD_TEST_S3_* for the code under test."""
-    endpoint = _env("INVAD_TEST_S3_ENDPOINT")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", _env("INVAD_TEST_S3_ACCESS_KEY"))
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", _env("INVAD_TEST_S3_SECRET_KEY"))
+    endpoint = service_setting("INVAD_TEST_S3_ENDPOINT")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", service_setting("INVAD_TEST_S3_ACCESS_KEY"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", service_setting("INVAD_TEST_S3_SECRET_KEY"))
     monkeypatch.setenv("AWS_REGION", os.environ.get("INVAD_TEST_S3_REGION", "us-east-1"))
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -108,8 +108,22 @@ class KafkaSource:
             if left <= 0:
                 break
         if self._revoked:  # a rebalance happened mid-fill: the new owner starts from the last commit
+            self.give_back([m for m in batch if m.tp in self._revoked])
             batch = [m for m in batch if m.tp not in self._revoked]
         return batch
+
+    def give_back(self, messages: list[Message]) -> None:
+        """Messages dropped unprocessed after a revocation. If their partition was assigned straight
+        back to us, the consumer's position is already past them: seek back to the first one, or
+        they would never be read again (lost, or the partition stalls behind a gap)."""
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            first[m.tp] = min(m.offset, first.get(m.tp, m.offset))
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in owned:
+                log.info("rewind_after_revoke", partition=f"{topic}:{partition}", offset=offset)
+                self._consumer.seek(TopicPartition(topic, partition), offset)
 
     def _poll(self, timeout_ms: int, max_records: int) -> dict:
         try:

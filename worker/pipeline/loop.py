@@ -67,6 +67,7 @@ class Source(Protocol):
     def keepalive(self) -> None: ...  # stay in the group while paused; must not consume records
     def keepalive_if_due(self) -> None: ...  # keepalive() when a long batch nears max.poll.interval.ms
     def take_revoked(self) -> set[tuple[str, int]]: ...  # partitions lost since the last call
+    def give_back(self, messages: list[Message]) -> None: ...  # dropped unprocessed: re-read if still ours
     def close(self) -> None: ...
 
 
@@ -189,6 +190,7 @@ class Loop:
         revoked = self.source.take_revoked()
         if revoked:
             before = len(work.items)
+            self.source.give_back([item.message for item in work.items if item.message.tp in revoked])
             work.items = [item for item in work.items if item.message.tp not in revoked]
             log.info("batch_trimmed_after_revoke", dropped=before - len(work.items), revoked=sorted(map(str, revoked)))
 

@@ -1,0 +1,51 @@
+"""Pipeline test helpers: generated image folders, unique resource names, and the real detector slowed
+down or counted (never replaced)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from synthetic import make_texture_images
+
+IMAGE_SIZE = 128  # the tiny bundle's input size (tests/conftest.py), so its scores mean something
+SEED = 100  # normals never seen in training (the tiny bundle trains on seed 0)
+
+
+class InstrumentedDetector:
+    """A real detector whose ``predict`` first sleeps ``delay_s`` (so a signal can land mid-batch), then
+    delegates; records each batch size in ``calls``. Every other attribute is the real detector's."""
+
+    def __init__(self, detector: Any, delay_s: float = 0.0):
+        self.detector, self.delay_s = detector, delay_s
+        self.calls: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.detector, name)
+
+    def predict(self, images: Sequence[Any], classes: Sequence[str] | None = None) -> Any:
+        self.calls.append(len(images))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.detector.predict(images, classes)
+
+
+def write_images(folder: Path, n_good: int, n_bad: int, seed: int = SEED, size: int = IMAGE_SIZE) -> dict[str, bool]:
+    """PNG textures in ``folder``: ``good_XXX.png`` and ``bad_XXX.png`` (one drawn defect each);
+    returns {file name: defective}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good, _ = make_texture_images(n_good, size=size, seed=seed)
+    bad, _ = make_texture_images(n_bad, defect=True, size=size, seed=seed + 1)
+    labels = {}
+    for prefix, images in (("good", good), ("bad", bad)):
+        for i, image in enumerate(images):
+            name = f"{prefix}_{i:03d}.png"
+            image.save(folder / name)
+            labels[name] = prefix == "bad"
+    return labels
+
+
+def unique(name: str) -> str:
+    return f"t{uuid.uuid4().hex[:10]}-{name}"
