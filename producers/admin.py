@@ -69,6 +69,24 @@ def describe_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0) -> int
         admin.close()
 
 
+def delete_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0) -> bool:
+    """Delete topic ``name``; False when it did not exist (for benchmarks and tests that clean up).
+
+    Raises:
+        TopicError: broker unreachable or the deletion was refused.
+    """
+    admin = _admin(bootstrap, timeout_s)
+    try:
+        if _partition_count(admin, check_topic_name(name)) is None:
+            return False
+        admin.delete_topics([name], timeout_ms=int(timeout_s * 1000))
+        return True
+    except kafka_errors.KafkaError as error:
+        raise TopicError(f"cannot delete topic {name!r}: {error!r}") from error
+    finally:
+        admin.close()
+
+
 def ensure_topic(
     bootstrap: str, name: str, partitions: int, replication_factor: int = 1, *, timeout_s: float = 30.0
 ) -> TopicStatus:

@@ -186,12 +186,22 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="throughput and per-stage latency (detector), or the pipeline through real services")
     p.add_argument("target", nargs="?", default="detector", choices=("detector", "pipeline"))
     p.add_argument("--model", default=None, help="bundle (default: the untrained default architecture)")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32])
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32],
+                   help="batch sizes (default 1,8,32); the pipeline target uses only the largest")
     p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 5])
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--image-size", type=_positive_int, default=256)
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
+    pipe = p.add_argument_group("pipeline target (real Kafka, Redis and S3; S3 keys from INVAD_TEST_S3_ACCESS_KEY/"
+                                "INVAD_TEST_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    pipe.add_argument("--images", type=_positive_int, default=200, help="images per pipeline run (default 200)")
+    pipe.add_argument("--workers-scaling", choices=("on", "off"), default="on",
+                      help="also run 1 vs 2 workers limited to one core each (default on)")
+    pipe.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $INVAD_TEST_KAFKA, else $INVAD_KAFKA_BOOTSTRAP)")
+    pipe.add_argument("--redis-url", default=None, help="Redis URL (default: $INVAD_TEST_REDIS_URL, else $INVAD_REDIS_URL)")
+    pipe.add_argument("--s3-endpoint", default=None,
+                      help="S3 endpoint (default: $INVAD_TEST_S3_ENDPOINT, else $INVAD_S3_ENDPOINT, else AWS)")
     p.set_defaults(run=_run_bench)
 
 
