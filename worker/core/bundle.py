@@ -63,6 +63,9 @@ def bundle_version(path: Path) -> str:
 
 
 def save_bundle(detector, path: str | os.PathLike) -> None:
+    if not torch.isfinite(detector.thresholds).all() or not torch.isfinite(detector.calib_std).all():
+        raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal images "
+                          "before saving, e.g. with worker.core.train.calibrate")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -207,17 +207,12 @@ class Detector(nn.Module):
         t_inv = time.perf_counter()
         pixel_map = upsample_map(grid_map, self.config.image_size, self.config.map_sigma)
         thresholds = self.thresholds[labels]
-        result = Prediction(
-            pred_score=scores.float().cpu().numpy(),
-            pred_label=(scores > thresholds).cpu().numpy(),
-            anomaly_map=pixel_map.float().cpu().numpy(),
-            threshold=thresholds.float().cpu().numpy(),
-            timings_ms={},
-        )
+        pred_score, pred_label = scores.float().cpu().numpy(), (scores > thresholds).cpu().numpy()
+        anomaly_map, threshold = pixel_map.float().cpu().numpy(), thresholds.float().cpu().numpy()
         done = time.perf_counter()
-        result.timings_ms.update(preprocess=1e3 * (t_pre - clock), backbone=1e3 * (t_feat - t_pre),
-                                 inversion=1e3 * (t_inv - t_feat), maps=1e3 * (done - t_inv))
-        return result
+        timings = {"preprocess": 1e3 * (t_pre - clock), "backbone": 1e3 * (t_feat - t_pre),
+                   "inversion": 1e3 * (t_inv - t_feat), "maps": 1e3 * (done - t_inv)}
+        return Prediction(pred_score, pred_label, anomaly_map, threshold, timings)
 
     # -- bundles --------------------------------------------------------------------------------
     @classmethod
