@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE",
                         help="folder (recursive), glob ('imgs/**/*.png'), s3://bucket/prefix, or '-' for stdin "
                              "(one path, URI or ImageRef JSON per line; JSON lines are sent as given)")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap host:port[,host:port] (env INVAD_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--kafka-bootstrap", "--bootstrap", dest="bootstrap", help="Kafka bootstrap host:port[,host:port] (env INVAD_KAFKA_BOOTSTRAP)")
     parser.add_argument("--topic", help=f"topic (env INVAD_TOPIC, default {DEFAULT_TOPIC})")
     parser.add_argument("--line-id", type=_matching(LINE_ID_RE, "--line-id", 128),
                         help="production line (the Kafka key); required except for ImageRef JSON on stdin")

@@ -186,9 +186,9 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="throughput and per-stage latency (detector), or the pipeline through real services")
     p.add_argument("target", nargs="?", default="detector", choices=("detector", "pipeline"))
     p.add_argument("--model", default=None, help="bundle (default: the untrained default architecture)")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32],
-                   help="batch sizes (default 1,8,32); the pipeline target uses only the largest")
-    p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 5])
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32, 64],
+                   help="batch sizes (default 1,8,32,64); the pipeline target uses only the largest")
+    p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 4, 5])
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--image-size", type=_positive_int, default=256)
     p.add_argument("--out", default="bench.json", help="JSON file to write")

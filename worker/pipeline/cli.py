@@ -70,6 +70,15 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _start(config: WorkerConfig) -> threading.Event:
+    """Logging configured, the config logged once (secrets redacted), signals wired to the stop flag."""
+    configure_logging(config.log_level)
+    log.info("config", **config.redacted())
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return stop
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``invad work``: embedded mode when ``--source`` is given, else Kafka mode."""
     if getattr(args, "source", None):
@@ -79,10 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"invad work: {error}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
-    log.info("config", **config.redacted())
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    stop = _start(config)
     return run_kafka(config, stop)
 
 
@@ -234,10 +240,7 @@ def run_embedded_cli(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"invad work: {error}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
-    log.info("config", **config.redacted())
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    stop = _start(config)
     from .models import ModelRegistry
     registry = ModelRegistry.load(config.models, config.device)
     summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product, line_id=args.line_id,
