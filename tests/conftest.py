@@ -44,8 +44,8 @@ def tiny_bundle(tmp_path_factory, texture_category) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train([texture_category], out, DetectorConfig(name="tiny", image_size=TINY_IMAGE_SIZE),
-          TrainConfig(iterations=300, batch_size=16, width=32, num_blocks=2, warmup=20, checkpoint_every=1000,
-                      calib_fraction=0.3),
+          TrainConfig(iterations=300, batch_size=16, width=32, num_blocks=2, kernel_size=3, warmup=20,
+                      checkpoint_every=1000, calib_fraction=0.3),
           progress=False)
     return out
 

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-DEMO_CONFIG_VERSION = 1  # bump when the demo's training recipe changes, so cached bundles are retrained
+DEMO_CONFIG_VERSION = 2  # bump when the demo's training recipe changes, so cached bundles are retrained
 
 
 def add_demo(sub) -> None:

@@ -37,7 +37,12 @@ from .scoring import fit_standardiser, threshold_at_fpr, threshold_f1_max
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (the defaults train 200 images in a few minutes on 2 CPU cores)."""
+    """Optimisation and denoiser-shape settings.
+
+    Default denoiser: a per-position MLP (1x1 convolutions, width 256, 4 residual blocks), i.e. DiT with
+    patch size 1 without attention. On ELPV (scripts/elpv_sweep.py, 200 training cells) it beat a 3x3
+    conv net of width 128 (image AUROC 0.806 vs 0.785 at S = 3) at fewer FLOPs per position.
+    """
 
     iterations: int = 1500
     batch_size: int = 32
@@ -45,9 +50,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 100
     ema_decay: float = 0.995
-    width: int = 128
+    width: int = 256
     num_blocks: int = 4
-    kernel_size: int = 3
+    kernel_size: int = 1
     calib_fraction: float = 0.2
     seed: int = 0
     checkpoint_every: int = 250
