@@ -72,12 +72,14 @@ def test_missing_and_mismatched_backbone_weights(tmp_path):
     assert "wrong.pth" in str(info.value) and "expected keys" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b4", "wide_resnet50_2"])
-def test_torchvision_backbones_load_from_a_weight_file(tmp_path, name):
+@pytest.mark.parametrize("name", ["efficientnet_b4", "wide_resnet50_2", "efficientnet-lite1"])
+def test_backbones_load_from_a_weight_file(tmp_path, name):
     import torchvision
+    from efficientnet_lite_pytorch import EfficientNet
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None)
+    model = EfficientNet.from_name(name) if name.startswith("efficientnet-") else \
+        getattr(torchvision.models, name)(weights=None)
     path = tmp_path / f"{name}.pth"
     torch.save(model.state_dict(), path)
     extractor = pretrained_extractor(BackboneSpec(name, (4, 8, 16), 64), path)
