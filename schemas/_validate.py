@@ -15,7 +15,7 @@ import re
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from jsonschema import Draft202012Validator
 
@@ -206,3 +206,30 @@ def check_finite(value: float, field: str) -> float:
 def utc_now() -> datetime:
     """The current time as an aware UTC datetime."""
     return datetime.now(timezone.utc)
+
+
+class JsonMessage:
+    """What every JSON message type shares: its schema version and the bytes <-> object round trip.
+
+    Subclasses (frozen dataclasses) provide ``to_dict`` and ``from_dict``; ``from_dict`` validates.
+    """
+
+    SCHEMA_VERSION: ClassVar[str] = SCHEMA_VERSION
+
+    @property
+    def schema_version(self) -> str:
+        """The version this code writes; decoding any 1.x yields an object that re-encodes as it."""
+        return self.SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        """The message as compact UTF-8 JSON (a Kafka value, a Redis value, an S3 object)."""
+        return encode_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | bytearray | str):
+        """Decode JSON bytes or text.
+
+        Raises:
+            SchemaError: "invalid_json", "unsupported_version" or "schema_invalid".
+        """
+        return cls.from_dict(parse_json_object(data))

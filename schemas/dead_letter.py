@@ -6,15 +6,13 @@ import base64
 import binascii
 from dataclasses import InitVar, dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 from ._validate import (
-    SCHEMA_VERSION,
+    JsonMessage,
     check_version,
-    encode_json,
     format_timestamp,
     load_schema,
-    parse_json_object,
     parse_timestamp,
     utc_now,
     validate,
@@ -52,7 +50,7 @@ def decode_bytes(text: str | None, encoding: str) -> bytes | None:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(JsonMessage):
     """A message that can never succeed, as published to the dead-letter topic.
 
     Build one from raw Kafka bytes with ``DeadLetter.for_message``; the original value and key are kept
@@ -68,7 +66,6 @@ class DeadLetter:
         worker_id: the worker that gave up on it.
     """
 
-    SCHEMA_VERSION: ClassVar[str] = SCHEMA_VERSION
 
     reason: str
     message: str
@@ -89,10 +86,6 @@ class DeadLetter:
         if not _trusted:
             validate("dead_letter", self.to_dict())
 
-    @property
-    def schema_version(self) -> str:
-        """The version this code writes ("1.0")."""
-        return self.SCHEMA_VERSION
 
     @classmethod
     def for_message(
@@ -156,9 +149,6 @@ class DeadLetter:
             "worker_id": self.worker_id,
         }
 
-    def to_json(self) -> bytes:
-        """The dead letter as compact UTF-8 JSON, the dead-letter topic's value."""
-        return encode_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "DeadLetter":
@@ -184,11 +174,3 @@ class DeadLetter:
             _trusted=True,
         )
 
-    @classmethod
-    def from_json(cls, data: bytes | bytearray | str) -> "DeadLetter":
-        """Decode a dead-letter topic value.
-
-        Raises:
-            SchemaError: "invalid_json", "unsupported_version" or "schema_invalid".
-        """
-        return cls.from_dict(parse_json_object(data))

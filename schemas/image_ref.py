@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, Mapping, Union
 
 from ._validate import (
-    SCHEMA_VERSION,
+    JsonMessage,
     check_version,
-    encode_json,
     format_timestamp,
     load_schema,
-    parse_json_object,
     parse_timestamp,
     validate,
 )
@@ -34,7 +32,7 @@ URI_RE = re.compile(load_schema("image_ref")["properties"]["uri"]["pattern"])
 
 
 @dataclass(frozen=True)
-class ImageRef:
+class ImageRef(JsonMessage):
     """A reference to one image to score.
 
     Construction validates every field against the schema and raises SchemaError("schema_invalid")
@@ -51,7 +49,6 @@ class ImageRef:
         attributes: up to 64 free-form str/number/bool values.
     """
 
-    SCHEMA_VERSION: ClassVar[str] = SCHEMA_VERSION
 
     image_id: str
     uri: str
@@ -70,10 +67,6 @@ class ImageRef:
         if not _trusted:
             validate("image_ref", self.to_dict())
 
-    @property
-    def schema_version(self) -> str:
-        """The version this code writes ("1.0"); decoding any 1.x yields an object that re-encodes as it."""
-        return self.SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """The message as a JSON-ready dict (timestamps as RFC 3339 text, attributes copied)."""
@@ -89,9 +82,6 @@ class ImageRef:
             "attributes": dict(self.attributes),
         }
 
-    def to_json(self) -> bytes:
-        """The message as compact UTF-8 JSON, the Kafka value."""
-        return encode_json(self.to_dict())
 
     def kafka_key(self) -> bytes:
         """The Kafka key: line_id as UTF-8, so one line's images stay ordered on one partition."""
@@ -118,11 +108,3 @@ class ImageRef:
             _trusted=True,
         )
 
-    @classmethod
-    def from_json(cls, data: bytes | bytearray | str) -> "ImageRef":
-        """Decode a Kafka value.
-
-        Raises:
-            SchemaError: "invalid_json", "unsupported_version" or "schema_invalid".
-        """
-        return cls.from_dict(parse_json_object(data))

@@ -5,15 +5,13 @@ from __future__ import annotations
 import numbers
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, Mapping, Union
 
 from ._validate import (
-    SCHEMA_VERSION,
+    JsonMessage,
     check_finite,
     check_version,
-    encode_json,
     format_timestamp,
-    parse_json_object,
     parse_timestamp,
     validate,
 )
@@ -44,7 +42,7 @@ def embedded_source(name: str, position: int) -> dict[str, Union[str, int]]:
 
 
 @dataclass(frozen=True)
-class ScoreRecord:
+class ScoreRecord(JsonMessage):
     """The score of one image, as written to Redis and (for flagged images) to S3.
 
     Construction validates every field against the schema (and that numbers are finite) and raises
@@ -65,7 +63,6 @@ class ScoreRecord:
         attributes: the ImageRef's attributes, carried through.
     """
 
-    SCHEMA_VERSION: ClassVar[str] = SCHEMA_VERSION
 
     image_id: str
     uri: str
@@ -113,10 +110,6 @@ class ScoreRecord:
         for key, value in self.timings_ms.items():
             check_finite(value, f"timings_ms.{key}")
 
-    @property
-    def schema_version(self) -> str:
-        """The version this code writes ("1.0")."""
-        return self.SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (timestamps as RFC 3339 text, mappings copied)."""
@@ -142,9 +135,6 @@ class ScoreRecord:
             "attributes": dict(self.attributes),
         }
 
-    def to_json(self) -> bytes:
-        """The record as compact UTF-8 JSON (the Redis value and the S3 record object)."""
-        return encode_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ScoreRecord":
@@ -183,11 +173,3 @@ class ScoreRecord:
             _trusted=True,
         )
 
-    @classmethod
-    def from_json(cls, data: bytes | bytearray | str) -> "ScoreRecord":
-        """Decode a stored record.
-
-        Raises:
-            SchemaError: "invalid_json", "unsupported_version" or "schema_invalid".
-        """
-        return cls.from_dict(parse_json_object(data))
