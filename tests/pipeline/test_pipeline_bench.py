@@ -24,13 +24,16 @@ def test_pipeline_bench_scores_every_image(tiny_bundle, kafka_bootstrap, redis_u
     assert set(report) == {"meta", "environment", "goals", "rows"}
     assert report["meta"]["batch_size"] == 8 and report["meta"]["images"] == 24
     names = [row["name"] for row in report["rows"]]
-    assert names == ["detector alone", "pipeline, 1 worker", "1 worker, 1 core", "2 workers, 1 core each"]
+    assert names[:4] == ["detector alone", "pipeline, 1 worker", "1 worker, 1 core", "2 workers, 1 core each"]
+    paced = report["rows"][4]
+    assert names[4].startswith("1 worker, paced at") and paced["paced_rate"] > 0 and "paced" in paced["latency_kind"]
     for row in report["rows"]:
-        assert row["images"] == row["scored"] == 24, row["name"]
+        expected = 16 if row is paced else 24  # the paced run streams max(2 batches, half the images)
+        assert row["images"] == row["scored"] == expected, row["name"]
         assert row["images_per_second"] > 0
         assert set(row["latency_ms"]) == {"p50", "p95", "p99"}
-    assert [row["workers"] for row in report["rows"]] == [0, 1, 1, 2]
+    assert [row["workers"] for row in report["rows"]] == [0, 1, 1, 2, 1]
     assert len(report["rows"][3]["worker_ids"]) == 2  # both workers scored part of the images
     assert {"pipeline_vs_detector", "pipeline_goal_met", "two_vs_one_worker", "scaling_goal_met"} <= set(report["goals"])
-    # what the bench created on the services is gone, except the topic (no deletion in producers.admin)
-    assert [item for item in report["meta"]["left_behind"] if not item.startswith("topic ")] == []
+    # what the bench created on the services (bucket, Redis keys, topic) is gone
+    assert report["meta"]["left_behind"] == []

@@ -158,14 +158,20 @@ class PipelineBench:
             env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return env
 
-    def _publish(self, tag: str, count: int, lines: Sequence[str]) -> tuple[list[str], dict[str, float]]:
-        """Publish ``count`` refs cycling over ``lines``; returns (image ids, {id: captured_at epoch s}).
-        Each captured_at is taken just before its send, so latency starts at publish time."""
+    def _publish(self, tag: str, count: int, lines: Sequence[str],
+                 rate: float | None = None) -> tuple[list[str], dict[str, float]]:
+        """Publish ``count`` refs cycling over ``lines``, in one burst or paced at ``rate`` per second;
+        returns (image ids, {id: captured_at epoch s}). Each captured_at is taken just before its send,
+        so latency starts at publish time."""
+        from producers.rate import TokenBucket
         from schemas import ImageRef
         captured: dict[str, float] = {}
+        bucket = TokenBucket(rate) if rate else None
 
         def refs():
             for i in range(count):
+                if bucket:
+                    bucket.acquire()
                 ref = ImageRef(image_id=f"{tag}-{i:06d}", uri=self.uris[i % len(self.uris)], line_id=lines[i % len(lines)],
                                captured_at=datetime.now(timezone.utc), producer="invad-bench")
                 captured[ref.image_id] = ref.captured_at.timestamp()
@@ -209,9 +215,11 @@ class PipelineBench:
                 time.sleep(POLL_S)
         return seen, records
 
-    def scenario(self, name: str, tag: str, count: int, cpus: Sequence[int | None], single_core: bool) -> dict[str, Any]:
+    def scenario(self, name: str, tag: str, count: int, cpus: Sequence[int | None], single_core: bool,
+                 rate: float | None = None) -> dict[str, Any]:
         """Start one warm worker per entry of ``cpus`` (pinned to that CPU unless None; one thread each
-        when ``single_core``), then time ``count`` images from first publish to last Redis write."""
+        when ``single_core``), then time ``count`` images from first publish to last Redis write,
+        published in one burst or, with ``rate``, paced below capacity (steady-state latency)."""
         procs: list[_Worker] = []
         workers = len(cpus)
         try:
@@ -226,7 +234,7 @@ class PipelineBench:
                 time.sleep(0.1)
             warm, _ = self._publish(f"{tag}w", 2 * self.config.batch_size * workers, self.lines or _CANDIDATE_LINES)
             self._wait_visible(warm, procs, 120 + 5 * len(warm))
-            ids, captured = self._publish(tag, count, self.lines)
+            ids, captured = self._publish(tag, count, self.lines, rate)
             seen, records = self._wait_visible(ids, procs, 120 + 5 * count)
         finally:
             for worker in procs:
@@ -234,11 +242,12 @@ class PipelineBench:
         started, ended = min(captured.values()), max(seen.values())
         scored_ms = [(datetime.fromisoformat(r["scored_at"].replace("Z", "+00:00")).timestamp() - captured[i]) * 1e3
                      for i, r in records.items()]
-        return {"name": name, "workers": workers, "single_core": single_core, "cpus": list(cpus),
+        return {"name": name, "workers": workers, "single_core": single_core, "cpus": list(cpus), "paced_rate": rate,
                 "images": count, "scored": len(records), "seconds": round(ended - started, 3),
                 "images_per_second": round(count / (ended - started), 2),
                 "latency_ms": _percentiles([(seen[i] - captured[i]) * 1e3 for i in ids]),
-                "latency_kind": "capture -> readable in Redis (burst of all images)",
+                "latency_kind": ("capture -> readable in Redis, " +
+                                 (f"paced at {rate} images/s" if rate else "burst of all images")),
                 "scored_latency_ms": _percentiles(scored_ms),
                 "worker_ids": sorted({r["worker_id"] for r in records.values()})}
 
@@ -277,7 +286,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| configuration | images/s | p50 ms | p95 ms | p99 ms | ratio |", "|---|---|---|---|---|---|"]
     for r in rows:
         lat = r["latency_ms"]
-        ratio = f"{r['ratio']:.2f}x {r['ratio_of']}" if r.get("ratio_of") else "1.00"
+        ratio = f"{r['ratio']:.2f}x {r['ratio_of']}" if r.get("ratio_of") else "-" if r.get("paced_rate") else "1.00"
         lines.append(f"| {r['name']} | {r['images_per_second']:.2f} | {lat['p50']:.0f} | {lat['p95']:.0f} | "
                      f"{lat['p99']:.0f} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -364,6 +373,10 @@ def run_pipeline_bench(args: Any) -> int:
             if scaling:
                 rows.append(run.scenario("1 worker, 1 core", "c1", args.images, cpus[:1] if pinned else [None], True))
                 rows.append(run.scenario("2 workers, 1 core each", "c2", args.images, cpus if pinned else [None, None], True))
+            # Steady state: half the measured capacity, so latency is service time, not queueing.
+            steady = round(0.5 * rows[1]["images_per_second"], 1)
+            rows.append(run.scenario(f"1 worker, paced at {steady} images/s", "s1", max(2 * batch_size, args.images // 2),
+                                     [None], False, rate=steady))
         finally:
             left_behind = run.cleanup()
     finally:
