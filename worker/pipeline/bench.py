@@ -234,8 +234,25 @@ class PipelineBench:
                 time.sleep(0.1)
             warm, _ = self._publish(f"{tag}w", 2 * self.config.batch_size * workers, self.lines or _CANDIDATE_LINES)
             self._wait_visible(warm, procs, 120 + 5 * len(warm))
-            ids, captured = self._publish(tag, count, self.lines, rate)
-            seen, records = self._wait_visible(ids, procs, 120 + 5 * count)
+            # Watch Redis while publishing: a record's visible time must not wait for the last send.
+            ids = [f"{tag}-{i:06d}" for i in range(count)]
+            watched: dict[str, Any] = {}
+
+            def watch() -> None:
+                try:
+                    watched["seen"], watched["records"] = self._wait_visible(ids, procs, 120 + 5 * count)
+                except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
+                    watched["error"] = error
+
+            watcher = threading.Thread(target=watch, name="bench-watch", daemon=True)
+            watcher.start()
+            published, captured = self._publish(tag, count, self.lines, rate)
+            watcher.join()
+            if "error" in watched:
+                raise watched["error"]
+            if published != ids:  # the watcher polled for ids derived from the tag and the index
+                raise RuntimeError("published image ids differ from the watched ones")
+            seen, records = watched["seen"], watched["records"]
         finally:
             for worker in procs:
                 worker.stop()
