@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.core.config import DetectorConfig  # noqa: E402
 from worker.core.data import elpv_split  # noqa: E402
 from worker.core.metrics import image_metrics  # noqa: E402
-from worker.core.train import (TrainConfig, build_detector, calibrate, extract_features, fit_statistics,  # noqa: E402
-                               split_normals, train_denoiser)
+from worker.core.train import (TrainConfig, build_detector, calibrate, extract_features,  # noqa: E402
+                               feature_statistics, fit_statistics, split_normals, train_denoiser)
 
 
 def cached_features(detector, name: str, paths, cache: Path) -> torch.Tensor:
@@ -59,8 +59,7 @@ def main() -> int:
            for name, paths in (("train", train_paths), ("calib", calib_paths))}
     raw["test"] = cached_features(base, "test", [s.path for s in test_samples], cache)
     labels = np.array([s.label for s in test_samples])
-    mean = raw["train"].mean(dim=(0, 2, 3))
-    std = raw["train"].permute(0, 2, 3, 1).reshape(-1, raw["train"].shape[1]).std(dim=0).clamp_min(1e-3)
+    mean, std = feature_statistics(raw["train"])
     feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
 
     variants = {

@@ -90,6 +90,11 @@ def extract_features(detector: Detector, paths: Sequence[Path], batch: int, desc
     return torch.cat(chunks)
 
 
+def feature_statistics(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (C,), (C,) of raw features (N, C, g, g) over N, g, g."""
+    return fit_standardiser(raw.permute(0, 2, 3, 1).reshape(-1, raw.shape[1]), min_std=1e-3)
+
+
 def _lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
         return (step + 1) / config.warmup
@@ -206,6 +211,12 @@ def component_matrix(detector: Detector, features: torch.Tensor, labels: torch.T
     return torch.cat(rows)
 
 
+def _combined(detector: Detector, values: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Calibrated image scores (N,) from the (N, n_components) matrix of :func:`component_matrix`."""
+    columns = {c: values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_components)}
+    return detector.combine(columns, labels.to(detector.device)).cpu().numpy()
+
+
 @torch.no_grad()
 def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
               validation: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None) -> dict:
@@ -215,16 +226,14 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
     for k, name in enumerate(detector.classes):
         mean, std = fit_standardiser(values[labels == k])
         detector.calib_mean[k], detector.calib_std[k] = mean.to(detector.device), std.to(detector.device)
-    scores = detector.combine({c: values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_components)},
-                              labels.to(detector.device)).cpu().numpy()
+    scores = _combined(detector, values, labels)
     for k, name in enumerate(detector.classes):
         detector.thresholds[k] = threshold_at_fpr(scores[labels.numpy() == k], detector.config.target_fpr)
         summary[name] = {"calibration_images": int((labels == k).sum()), "threshold": float(detector.thresholds[k])}
     if validation is not None:
         v_features, v_labels, v_truth = validation
         v_values = component_matrix(detector, v_features, v_labels)
-        v_scores = detector.combine({c: v_values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_components)},
-                                    v_labels.to(detector.device)).cpu().numpy()
+        v_scores = _combined(detector, v_values, v_labels)
         for k, name in enumerate(detector.classes):
             chosen = v_labels.numpy() == k
             threshold, f1 = threshold_f1_max(v_scores[chosen], v_truth[chosen])
@@ -279,7 +288,7 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     calib_feats = torch.cat([c for _, c in per_class])
     calib_labels = torch.cat([torch.full((len(c),), k) for k, (_, c) in enumerate(per_class)])
     # Features so far used mean 0 / std 1; fit the real standardisation and apply it to both parts.
-    mean, std = fit_standardiser(raw_train.permute(0, 2, 3, 1).reshape(-1, raw_train.shape[1]), min_std=1e-3)
+    mean, std = feature_statistics(raw_train)
     detector.feature_mean.copy_(mean)
     detector.feature_std.copy_(std)
     standardise = lambda f: (f - mean[:, None, None]) / std[:, None, None]  # noqa: E731
