@@ -102,6 +102,8 @@ class _ListSource:
     def give_back(self, messages) -> None: ...  # nothing is ever revoked from an embedded source
     def take_revoked(self) -> set[tuple[str, int]]:
         return set()
+    def healthy(self) -> bool:
+        return True
     def close(self) -> None: ...
 
 

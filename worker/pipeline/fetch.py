@@ -23,7 +23,8 @@ from PIL import Image
 
 from worker.core.images import ImageDecodeError, decode_image
 
-from .errors import FETCH_FAILED, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord, DependencyDown
+from .errors import (FETCH_FAILED, IMAGE_INVALID, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord,
+                     DependencyDown)
 
 _MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"),
           (b"GIF8", "gif"))
@@ -122,12 +123,19 @@ class Fetcher:
             reader = {"s3": self._read_s3, "file": self._read_file, "https": self._read_https}.get(scheme)
             if reader is None:
                 raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: scheme {scheme!r} is not one of s3, file, https")
-            data = reader(uri)
+            try:
+                data = reader(uri)
+            except (BadRecord, DependencyDown):
+                raise
+            except Exception as error:  # noqa: BLE001 - e.g. a URI no client can parse: this message only
+                raise BadRecord(FETCH_FAILED, f"{uri!r}: {type(error).__name__}: {error}") from error
             fetched = time.perf_counter()
             try:
                 image = decode_image(data, max_pixels=self.max_pixels, name=uri)
             except ImageDecodeError as error:
                 raise BadRecord(error.reason, error.message) from error
+            except Exception as error:  # noqa: BLE001 - a decoder bug on hostile bytes: this image only
+                raise BadRecord(IMAGE_INVALID, f"{uri}: decoder failed: {type(error).__name__}: {error}") from error
             return Fetched(data, image, sniff_extension(data), (fetched - started) * 1e3,
                            (time.perf_counter() - fetched) * 1e3)
         except (BadRecord, DependencyDown) as outcome:
@@ -141,6 +149,8 @@ class Fetcher:
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: file:// URIs must name a local path (no host)")
+        if "%00" in parts.path:  # a NUL cannot be in a path; open() would raise on it
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: the path holds an encoded NUL byte (%00)")
         path = os.path.realpath(unquote(parts.path))
         if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.file_roots):
             raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: {path} is outside INVAD_FILE_ROOTS={list(self.file_roots)}")
