@@ -1,7 +1,7 @@
 """S3 access for producers: list a prefix, upload a file (the producer side's only boto3 importer).
 
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
-AWS_PROFILE, instance roles); ``endpoint_url`` points at an S3-compatible store such as SeaweedFS.
+AWS_PROFILE, instance roles); ``endpoint_url`` points at an S3-compatible store such as MinIO or s3proxy.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class S3:
     """A thin boto3 S3 client. Nothing connects until the first call.
 
     Args:
-        endpoint_url: e.g. "http://127.0.0.1:8333" for SeaweedFS; None for AWS.
+        endpoint_url: e.g. "http://127.0.0.1:18333" for the test s3proxy; None for AWS.
         region: defaults to AWS_REGION / AWS_DEFAULT_REGION, else "us-east-1".
         max_attempts: boto3 standard-mode retry attempts per call.
     """

@@ -28,7 +28,7 @@ def make_client(*, endpoint: str | None, region: str | None, access_key: str | N
     Timeouts are short and retries few because the loop has its own backoff and must keep each
     attempt well inside Kafka's max.poll.interval.ms. Checksums are computed only when an operation
     requires them: boto3 >= 1.36 otherwise sends CRC32 trailers that several S3-compatible stores
-    (SeaweedFS, older MinIO, lakeFS) store as part of the object or reject.
+    (SeaweedFS, s3proxy before 4.0, older MinIO, lakeFS) store as part of the object or reject.
     """
     config = Config(
         connect_timeout=min(timeout_s, 5.0),
