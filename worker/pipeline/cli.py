@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import structlog
 
-from .config import WorkerConfig, add_config_arguments
+from .config import WorkerConfig, add_config_arguments, parse_models
 from .errors import DependencyDown
 from .loop import Loop, remove_health
 
@@ -173,8 +173,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
 
     if sqlite_path is None and out_dir is None:
         raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
-    if settings.get("device") == "auto":
-        settings["device"] = None
     config = (config or WorkerConfig(mode="embedded", worker_id=f"embedded-{os.getpid()}"))
     config = config.replace(mode="embedded", **settings)
     if progress_path is None and str(source) != "-":
@@ -199,8 +197,7 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     if isinstance(model, ModelRegistry):
         registry = model
     else:
-        from .config import _models
-        registry = ModelRegistry.load(_models(str(model)), config.device)
+        registry = ModelRegistry.load(parse_models(str(model)), config.device)
 
     sinks: list[Any] = []
     sqlite_sink = SqliteSink(sqlite_path) if sqlite_path else None
