@@ -1,5 +1,5 @@
-"""WorkerConfig: settings declared once (flags, variables, docs), validation, redaction of credentials;
-the model registry's routing, and the loop's retry logic."""
+"""WorkerConfig: settings declared once (flags, variables, docs), validation, redaction of credentials in
+every log line of a real ``invad work``; the model registry's routing, and the loop's retry logic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import argparse
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ import pytest
 from helpers import InstrumentedDetector
 from worker.pipeline.config import OPTIONS, WorkerConfig, add_config_arguments, as_text
 from worker.pipeline.errors import BadRecord, DependencyDown
-from worker.pipeline.redact import SECRET_KEY, redact_text
+from worker.pipeline.redact import SECRET_KEY, LogRedactor, redact_text
 
 ROOT = Path(__file__).parents[2]
 
@@ -183,6 +188,22 @@ def test_redacted_config_masks_every_form_and_settings_named_like_credentials_ar
         assert not SECRET_KEY.search(option.name) or option.secret, f"{option.name} must be declared secret=True"
 
 
+def test_log_redactor_masks_known_secrets_anywhere_in_an_event():
+    redactor = LogRedactor()
+    redactor.add(["s3cr3t-value", "ab"])  # "ab" is too short to mask as a literal
+    event = redactor(None, "warning", {"event": "x", "error": "auth failed for s3cr3t-value",
+                                       "nested": {"uris": ["redis://:pw@h", ("s3cr3t-value",)]},
+                                       "exc": ValueError("key=s3cr3t-value"), "n": 3, "about": "ab"})
+    assert event == {"event": "x", "error": "auth failed for ***", "nested": {"uris": ["redis://:***@h", ["***"]]},
+                     "exc": "ValueError('key=***')", "n": 3, "about": "ab"}
+
+
+def _ref_line(image_id: str, uri: str) -> str:
+    from schemas import ImageRef
+    return ImageRef(image_id=image_id, uri=uri, line_id="L1", product="default", producer="test",
+                    captured_at=datetime(2025, 1, 1, tzinfo=timezone.utc)).to_json().decode()
+
+
 SECRETS = {  # every credential form a user may give; none may reach any output of the process
     "redis_userinfo": "RedisUserinfoPw-7f3a", "redis_query": "RedisQueryPw-91c2",
     "aws_key_id": "AKIAENVKEY-5d1e", "aws_secret": "AwsEnvSecret-0b8d", "aws_token": "AwsEnvToken-66af",
@@ -201,6 +222,52 @@ def _worker_env(**extra: str) -> dict[str, str]:
 def _assert_no_secret(output: str) -> None:
     leaked = [name for name, secret in SECRETS.items() if secret in output]
     assert not leaked, f"leaked {leaked} in:\n{output}"
+
+
+def test_invad_work_logs_no_credential_in_any_form(image_folder, tiny_bundle, tmp_path):
+    """A real ``invad work`` (embedded, then Kafka mode until its first dependency wait), secrets given as
+    URL userinfo, query parameters and variables: the whole output holds none of them, yet shows that
+    each was read (masked), so the test cannot pass because a secret never arrived."""
+    folder, labels = image_folder
+    refs = [_ref_line(name.replace(".png", ""), (folder / name).as_uri()) for name in sorted(labels)]
+    refs.append(_ref_line("presigned", f"https://images.invalid/a.png?X-Amz-Signature={SECRETS['uri_signature']}"))
+    refs.append(_ref_line("userinfo", f"https://u:{SECRETS['uri_userinfo']}@images.invalid/b.png"))
+    (tmp_path / "refs.jsonl").write_text("\n".join(refs) + "\n")
+    command = [sys.executable, "-m", "worker.cli", "work", "--models", str(tiny_bundle), "--device", "cpu"]
+    embedded = subprocess.run(command + ["--source", str(tmp_path / "refs.jsonl"), "--sqlite", str(tmp_path / "s.db"),
+                                         "--batch-size", "4"],
+                              env=_worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = embedded.stdout + embedded.stderr
+    assert embedded.returncode == 0, output
+    _assert_no_secret(output)
+    events = [json.loads(line) for line in embedded.stderr.splitlines() if line.startswith("{")]
+    config = next(e for e in events if e["event"] == "config")
+    assert config["redis_url"] == "redis://ops:***@redis.invalid:6379/0?password=***"
+    assert config["aws_access_key_id"] == config["aws_secret_access_key"] == config["aws_session_token"] == "***"
+    dead = [e for e in events if e["event"] == "dead_lettered"]
+    assert {e["reason"] for e in dead} == {"uri_not_allowed"} and len(dead) == 2
+    assert "X-Amz-Signature=***" in json.dumps(dead) and "https://u:***@images.invalid" in json.dumps(dead)
+    assert json.loads(embedded.stdout)["scored"] == len(labels)
+
+    # Kafka mode: the config line, then the bucket check waits for S3 (a closed port; nothing else is
+    # contacted before it); SIGTERM ends the wait.
+    kafka = subprocess.Popen(command, env=_worker_env(INVAD_KAFKA_BOOTSTRAP="127.0.0.1:9",
+                                                       INVAD_S3_ENDPOINT="http://127.0.0.1:9", INVAD_S3_BUCKET="art-bucket",
+                                                       INVAD_S3_CREATE_BUCKET="true", INVAD_FETCH_TIMEOUT_S="1"),
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("dependency_down_at_start" in line for line in lines):
+        line = kafka.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    kafka.send_signal(signal.SIGTERM)
+    rest, _ = kafka.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert kafka.returncode == 0 and "dependency_down_at_start" in output, output
+    _assert_no_secret(output)
+    assert '"redis_url": "redis://ops:***@redis.invalid:6379/0?password=***"' in output
 
 
 def test_bad_config_messages_hold_no_credential(monkeypatch, capsys):

@@ -1,15 +1,16 @@
-"""Masking credentials in anything that is logged, starting with the start-up config line.
+"""Masking credentials in anything that is logged: the start-up config line and every later log event.
 
 Three forms are masked: the userinfo of a URL (``redis://user:pass@host`` -> ``redis://user:***@host``;
 a lone ``token@host`` -> ``***@host``; also ``user:pass@host`` quoted without its scheme), the value
 of a ``key=value`` pair whose key names a credential (``?password=``, ``&X-Amz-Signature=``,
-``sasl_password=``, ... case-insensitive).
+``sasl_password=``, ... case-insensitive), and any literal secret value the process knows
+(:class:`LogRedactor`, fed from the config's secret settings).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import unquote
 
 MASK = "***"
@@ -71,3 +72,36 @@ def redact_value(value: Any, secret: bool = False) -> Any:
     if isinstance(value, dict):
         return {key: redact_value(item, secret) for key, item in value.items()}
     return MASK if secret else value
+
+
+class LogRedactor:
+    """A structlog processor: masks credentials in every string of every event, and any literal secret
+    value registered with :meth:`add` (secrets shorter than ``min_length`` are left to the URL rules,
+    since masking every "ab" in a log would make it unreadable without protecting much)."""
+
+    def __init__(self, min_length: int = 4):
+        self.min_length = min_length
+        self._secrets: list[str] = []
+
+    def add(self, secrets: Iterable[str]) -> None:
+        known = set(self._secrets) | {s for s in secrets if s and len(s) >= self.min_length}
+        self._secrets = sorted(known, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return redact_text(text)
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (list, tuple)):
+            return [self.value(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self.value(item) for key, item in value.items()}
+        if isinstance(value, BaseException):
+            return self.text(repr(value))
+        return value
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {key: self.value(item) for key, item in event.items()}
