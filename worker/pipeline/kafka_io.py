@@ -261,7 +261,12 @@ class KafkaDeadLetters:
     def __init__(self, config: Any, **overrides: Any):
         settings = dict(bootstrap_servers=list(config.kafka_bootstrap), client_id=f"{config.worker_id}-dlq",
                         acks="all", linger_ms=5, max_block_ms=10_000, request_timeout_ms=10_000,
-                        retries=5, reconnect_backoff_max_ms=5_000, max_request_size=1_048_576)
+                        retries=5, reconnect_backoff_max_ms=5_000, max_request_size=1_048_576,
+                        # Not idempotent: kafka-python's idempotent producer fails every later send
+                        # once the broker refused one batch as too large, and the letter could then
+                        # never be resent in its smaller form. The DLQ is at-least-once anyway (a
+                        # retried batch sends its letters again), so idempotence bought nothing here.
+                        enable_idempotence=False)
         settings.update(overrides)
         self.topic = config.dlq_topic
         self._producer = _connect(lambda: KafkaProducer(**settings), config.kafka_bootstrap)
