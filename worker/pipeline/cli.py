@@ -1,8 +1,10 @@
 """``invad work``: the Kafka worker, or embedded mode with ``--source``; and :func:`run_embedded`.
 
-Exit codes: 0 after a clean stop or an exhausted embedded source; 2 for a configuration error;
-75 (EX_TEMPFAIL) when a stop could not drain because a dependency stayed down (nothing was
-committed past the last good batch, so nothing is lost). A bug propagates as a traceback.
+Exit codes: 0 after a clean stop or an exhausted embedded source; 2 for an invalid setting; at
+start, a dependency that refuses our configuration exits with 3 (Redis: credentials, ACL), 4 (S3:
+bucket, credentials, permission) or 5 (Kafka: missing topic, refused); 75 (EX_TEMPFAIL) when a
+stop could not drain because a dependency stayed down (nothing was committed past the last good
+batch, so nothing is lost). No message content causes an exit; a bug propagates as a traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import structlog
 
 from .config import WorkerConfig, add_config_arguments, parse_models
-from .errors import DependencyDown
+from .errors import DependencyDown, Misconfigured
 from .loop import Loop, remove_health
 from .redact import LogRedactor
 
@@ -134,7 +136,11 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
     fetcher = Fetcher.from_config(config)
     closers: list[Callable[[], None]] = [fetcher.close, redis_sink.close, s3_sink.close]
     try:
-        if not _until_up("s3 bucket", lambda: s3_sink.setup() or True, stop, config.backoff_max_s):
+        # Each dependency is checked before the first message: an outage is waited out, a refusal of
+        # our configuration (credentials, bucket, topic, permissions) exits at once with the fix.
+        if not _until_up("s3 bucket", lambda: s3_sink.check(config.worker_id) or True, stop, config.backoff_max_s):
+            return 0
+        if not _until_up("redis", lambda: redis_sink.check() or True, stop, config.backoff_max_s):
             return 0
         dead_letters = _until_up("dlq producer", lambda: KafkaDeadLetters(config), stop, config.backoff_max_s)
         if dead_letters is None:
@@ -144,12 +150,19 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
         if source is None:
             return 0
         closers.insert(0, source.close)  # first: leave the group before the rest shuts down
+        if not _until_up("topics", lambda: source.check_topics() or True, stop, config.backoff_max_s):
+            return 0
         loop = Loop(source=source, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,
                     config=config, stop=stop)
         stats = loop.run()
         log.info("worker_stopped", batches=stats.batches, scored=stats.scored, flagged=stats.flagged,
                  dead_lettered=dict(stats.dead_lettered), retries=stats.retries, abandoned=stats.abandoned)
         return EX_TEMPFAIL if stats.abandoned else 0
+    except Misconfigured as error:
+        log.error("misconfigured", dependency=error.dependency, problem=error.problem, fix=error.fix,
+                  exit_code=error.exit_code)
+        print(f"invad work: {error}", file=sys.stderr)
+        return error.exit_code
     finally:
         remove_health(config)
         for close in closers:

@@ -3,6 +3,8 @@
 - :class:`BadRecord`: this one message can never succeed; it is dead-lettered and committed.
 - :class:`DependencyDown`: Redis, S3, the broker or an image store is unreachable or overloaded; the
   batch waits and is retried, nothing is committed past it.
+- :class:`Misconfigured`: a dependency answered and refused our configuration (credentials, a missing
+  bucket or topic, no permission); waiting cannot help, so the worker exits at start with a one-line fix.
 - anything else is a bug: the loop lets it propagate, commits nothing, and the process exits non-zero.
 """
 
@@ -37,3 +39,21 @@ class DependencyDown(Exception):
         super().__init__(f"{dependency} unavailable: {message}")
         self.dependency = dependency
         self.message = message
+
+
+# Exit codes of `invad work`, one per kind of start-up failure, so an operator (or a pod's restart
+# reason) tells at once which setting to fix. 75 (EX_TEMPFAIL) is the abandoned drain.
+EXIT_CODES = {"config": 2, "redis": 3, "s3": 4, "kafka": 5}
+
+
+class Misconfigured(Exception):
+    """A dependency is reachable and says our configuration is wrong. ``dependency`` is a key of
+    EXIT_CODES; ``problem`` says what it refused, ``fix`` what to change."""
+
+    def __init__(self, dependency: str, problem: str, fix: str):
+        super().__init__(f"{dependency}: {problem}; fix: {fix}")
+        self.dependency, self.problem, self.fix = dependency, problem, fix
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.dependency]

@@ -17,7 +17,7 @@ from kafka import errors as kerrors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from .errors import DependencyDown
+from .errors import DependencyDown, Misconfigured
 from .loop import Message
 
 log = structlog.get_logger("invad.pipeline.kafka")
@@ -116,6 +116,27 @@ class KafkaSource:
         self._rejoin_after_s = 2 * config.max_poll_interval_ms / 1000 + config.session_timeout_ms / 1000
         self._unstable_since: float | None = None
         self._consumer.subscribe([config.topic], listener=_Listener(self))
+
+    def check_topics(self) -> None:
+        """At start: the source topic and the dead-letter topic exist (listing topics never creates one,
+        whatever the broker's auto-create setting).
+
+        Raises:
+            DependencyDown: the broker is unreachable (the caller waits and retries).
+            Misconfigured: a topic is missing, or the broker refused us (authentication, authorization).
+        """
+        try:
+            topics = self._consumer.topics()
+        except kerrors.KafkaError as error:
+            if is_transient(error):
+                raise DependencyDown("kafka", f"listing topics failed: {error!r}") from error
+            raise Misconfigured("kafka", f"the broker refused to list topics ({error!r})",
+                                "check the Kafka credentials and ACLs (Describe on the topics)") from error
+        missing = [t for t in (self.config.topic, self.config.dlq_topic) if t not in topics]
+        if missing:
+            raise Misconfigured("kafka", f"topic(s) {', '.join(map(repr, missing))} do not exist",
+                                "create them (kafka-topics.sh --create --topic NAME --partitions N; `invad produce "
+                                "--create-topic` creates the source topic), or set INVAD_TOPIC / INVAD_DLQ_TOPIC")
 
     # -- polling --------------------------------------------------------------------------------
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:

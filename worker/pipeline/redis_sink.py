@@ -19,7 +19,9 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import DependencyDown
+from schemas import ALERT_ONCE_LUA
+
+from .errors import DependencyDown, Misconfigured
 from .sinks import ScoredImage
 
 log = structlog.get_logger("invad.pipeline.redis")
@@ -28,6 +30,26 @@ _TRANSIENT = (rerrors.ConnectionError, rerrors.TimeoutError, rerrors.BusyLoading
               rerrors.TryAgainError, rerrors.ClusterDownError)
 # Server replies that describe the server's state, not our request: wait and retry.
 _TRANSIENT_REPLIES = ("OOM", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
+
+
+# Refusals of who we are or what we may do. AuthenticationError subclasses redis-py's ConnectionError,
+# so it must be caught before _TRANSIENT: a wrong password was once retried forever as an outage.
+_REFUSED = (rerrors.AuthenticationError, rerrors.AuthenticationWrongNumberOfArgsError, rerrors.AuthorizationError,
+            rerrors.NoPermissionError)
+
+
+def _misconfigured(error: BaseException) -> Misconfigured:
+    text = str(error)
+    if isinstance(error, rerrors.NoPermissionError) or "NOPERM" in text.upper():
+        return Misconfigured("redis", f"the Redis user may not run a command the worker needs ({text})",
+                             "grant the ACL user the commands and keys deploy/README.md lists "
+                             "(least-privilege Redis user), or use another user")
+    if isinstance(error, (rerrors.AuthenticationError, rerrors.AuthenticationWrongNumberOfArgsError)) \
+            or text.upper().startswith(("NOAUTH", "WRONGPASS")):
+        return Misconfigured("redis", f"authentication refused ({text})",
+                             "put the right user and password in INVAD_REDIS_URL (redis://USER:PASSWORD@HOST:PORT/DB)")
+    return Misconfigured("redis", f"Redis refused the start-up check ({type(error).__name__}: {text})",
+                         "check INVAD_REDIS_URL and the server's configuration")
 
 
 class RedisSink:
@@ -93,6 +115,8 @@ class RedisSink:
                 pipe.expire(zset, ttl)
         try:
             pipe.execute()
+        except _REFUSED as error:  # credentials or ACL changed under us: exit, and fail fast at the restart
+            raise _misconfigured(error) from error
         except _TRANSIENT as error:
             raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
         except rerrors.ResponseError as error:
@@ -102,6 +126,28 @@ class RedisSink:
         finally:
             pipe.reset()
         self._pending.clear()
+
+    def check(self) -> None:
+        """At start: authenticate, and prove this user may write under the prefix and run the alert
+        script (a probe key with a 60 s TTL, then SCRIPT LOAD).
+
+        Raises:
+            DependencyDown: Redis is unreachable or loading (the caller waits and retries).
+            Misconfigured: Redis refused the credentials or the commands.
+        """
+        probe = f"{self.layout.prefix}:probe"
+        try:
+            self._client.set(probe, "1", ex=60)
+            self._client.script_load(ALERT_ONCE_LUA)
+            self._client.delete(probe)
+        except _REFUSED as error:
+            raise _misconfigured(error) from error
+        except _TRANSIENT as error:
+            raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
+        except rerrors.ResponseError as error:
+            if str(error).upper().startswith(_TRANSIENT_REPLIES):
+                raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
+            raise _misconfigured(error) from error
 
     def close(self) -> None:
         try:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from . import s3
+from .errors import Misconfigured
 from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
 
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff",
@@ -37,6 +38,42 @@ class S3Sink:
         if self._create and not self._ready:
             s3.ensure_bucket(self.client, self.bucket)
         self._ready = True
+
+    def check(self, probe_name: str) -> None:
+        """At start: the bucket exists (or is created when asked to) and this identity may write to it:
+        a probe object under the prefix is put and deleted.
+
+        Raises:
+            DependencyDown: S3 is unreachable, throttling or failing with 5xx (the caller retries).
+            Misconfigured: no such bucket, bad credentials, or no permission to write.
+        """
+        key = artefact_key(self.prefix, ".invad-probe", "start", probe_name, "probe")
+        try:
+            self.setup()
+            self.client.head_bucket(Bucket=self.bucket)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"probe", ContentType="text/plain")
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Misconfigured:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified below
+            if s3.is_transient(error):
+                raise s3.as_dependency_down(error, f"start-up check of bucket {self.bucket}") from error
+            code = s3.error_code(error)
+            if code in ("NoSuchBucket", "404", "NotFound"):
+                raise Misconfigured("s3", f"bucket {self.bucket!r} does not exist",
+                                    "set INVAD_S3_BUCKET to an existing bucket, create it, or set "
+                                    "INVAD_S3_CREATE_BUCKET=true") from error
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                        "AuthorizationHeaderMalformed"):
+                raise Misconfigured("s3", f"credentials refused ({code})",
+                                    "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the pod's role) to an "
+                                    "identity of this store") from error
+            if code in ("AccessDenied", "403", "AllAccessDisabled", "AccountProblem"):
+                raise Misconfigured("s3", f"no permission to write s3://{self.bucket}/{self.prefix} ({code})",
+                                    "grant s3:PutObject, s3:GetObject and s3:DeleteObject on the prefix "
+                                    "(deploy/README.md has the policy)") from error
+            raise Misconfigured("s3", f"start-up check failed ({type(error).__name__}: {error})",
+                                "check INVAD_S3_ENDPOINT, INVAD_S3_REGION and the bucket name") from error
 
     def key(self, product: str, line_id: str, image_id: str, name: str) -> str:
         return artefact_key(self.prefix, product, line_id, image_id, name)
