@@ -1,16 +1,10 @@
 """Where ImageRefs come from: a local folder, a glob, an S3 prefix, or lines on stdin.
 
-Image ids are deterministic, so publishing the same images again overwrites the same Redis records and
-never raises a second alert:
-
-    image_id = "{line_id}/{relative path}"
-
-where the relative path is taken from the source root (the folder; the fixed part of a glob; the S3
-prefix up to its last "/"; a stdin path as written, without a leading "/"). Characters outside
-[A-Za-z0-9_:-.] become "_", and ".." and leading/trailing dots in a segment become "_". When anything was
-replaced, or the id would exceed 256 characters (then it is truncated), "-" and the first 8 hex digits of
-the SHA-256 of the unsanitised "{line_id}/{relative path}" are added before the extension, so distinct
-files keep distinct ids.
+Image ids follow :func:`schemas.image_id.derive_image_id`, "{line_id}/{relative path}" with the path
+taken from the source root (the folder; the fixed part of a glob; the S3 prefix up to its last "/"; a
+stdin path as written, without a leading "/"). They are deterministic, so publishing the same images again
+overwrites the same Redis records and never raises a second alert, and embedded mode gives a folder's
+files the same ids.
 
 captured_at is the file's modification time (S3: LastModified; remote URIs on stdin: now), in UTC.
 Only files with an image extension (IMAGE_EXTENSIONS, any case) are picked up, in sorted path order.
@@ -19,9 +13,7 @@ Only files with an image extension (IMAGE_EXTENSIONS, any case) are picked up, i
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -29,12 +21,9 @@ from typing import Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from schemas import ImageRef, SchemaError
-from schemas.image_ref import IMAGE_ID_MAX_LEN
+from schemas.image_id import derive_image_id
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_:.-]")
-_DOTS = re.compile(r"\.{2,}")
 
 OnError = Callable[[str, str], None]  # (what, message): a per-item problem that was skipped
 
@@ -87,33 +76,6 @@ class Source:
     refs: Iterator[ImageRef]
     total: int | None
     description: str
-
-
-def _segment(text: str) -> str:
-    text = _DOTS.sub("_", _UNSAFE.sub("_", text))
-    if text.startswith("."):
-        text = "_" + text[1:]
-    if text.endswith("."):
-        text = text[:-1] + "_"
-    return text
-
-
-def derive_image_id(line_id: str, rel: str) -> str:
-    """The deterministic image id of ``rel`` on ``line_id`` (rules in the module docstring)."""
-    original = "/".join([line_id, *[p for p in rel.split("/") if p]])
-    image_id = "/".join(_segment(p) for p in original.split("/"))
-    if image_id == original and len(image_id) <= IMAGE_ID_MAX_LEN:
-        return image_id
-    tag = "-" + hashlib.sha256(original.encode("utf-8")).hexdigest()[:8]
-    head, _, last = image_id.rpartition("/")
-    stem, dot, ext = last.rpartition(".")
-    if not dot or not stem or len(ext) > 8:
-        stem, ext = last, ""
-    ext = "." + ext if ext else ""
-    body = (head + "/" if head else "") + stem
-    # Truncation may end a segment on "/" or "."; strip those so the result stays a valid id.
-    body = body[: IMAGE_ID_MAX_LEN - len(tag) - len(ext)].rstrip("/.")
-    return body + tag + ext
 
 
 def is_image(name: str) -> bool:

@@ -8,11 +8,9 @@ source to a small JSON progress file, atomically, after the sinks flushed: a rer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
-import re
 import sqlite3
 import sys
 import threading
@@ -21,26 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from schemas.image_id import derive_image_id
+
 from .loop import Message
 from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
-
-_SEGMENT_BAD = re.compile(r"[^A-Za-z0-9_:.-]")
-
-
-def image_id_for(relative: str) -> str:
-    """A schema-valid image id for a relative path ("good/000.png" stays "good/000.png").
-
-    Characters outside the id alphabet become "_" and a short hash of the original path is appended
-    when anything changed, so two different files never share an id.
-    """
-    segments = []
-    for segment in relative.replace(os.sep, "/").split("/"):
-        clean = re.sub(r"\.{2,}", ".", _SEGMENT_BAD.sub("_", segment)).strip(".") or "_"
-        segments.append(clean)
-    image_id = "/".join(segments)
-    if image_id != relative:
-        image_id += "-" + hashlib.sha1(relative.encode("utf-8")).hexdigest()[:8]
-    return image_id[-256:].lstrip("./") or "_"
 
 
 class ProgressStore:
@@ -109,7 +91,8 @@ def folder_source(folder: str | os.PathLike, progress: ProgressStore, *, product
                   line_id: str = "local", producer: str = "invad-embedded") -> _ListSource:
     """Every image file under ``folder`` (recursively, sorted by relative path) as an ImageRef message.
 
-    Ids are the relative paths (see :func:`image_id_for`); ``captured_at`` is the file's mtime.
+    Ids are "{line_id}/{path relative to folder}" by :func:`schemas.image_id.derive_image_id`, the rule
+    `invad produce` follows, so both paths name a file alike; ``captured_at`` is the file's mtime.
     Raises ValueError when ``folder`` is not a directory.
     """
     from schemas import ImageRef
@@ -121,7 +104,7 @@ def folder_source(folder: str | os.PathLike, progress: ProgressStore, *, product
     name = f"folder:{root}"
     messages = []
     for position, path in enumerate(files):
-        ref = ImageRef(image_id=image_id_for(path.relative_to(root).as_posix()), uri=path.as_uri(),
+        ref = ImageRef(image_id=derive_image_id(line_id, path.relative_to(root).as_posix()), uri=path.as_uri(),
                        line_id=line_id, product=product, producer=producer,
                        captured_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
         messages.append(Message(ref.to_json(), ref.kafka_key(), name, 0, position, embedded=True))
