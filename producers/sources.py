@@ -7,7 +7,8 @@ overwrites the same Redis records and never raises a second alert, and embedded 
 files the same ids.
 
 captured_at is the file's modification time (S3: LastModified; remote URIs on stdin: now), in UTC.
-Only files with an image extension (IMAGE_EXTENSIONS, any case) are picked up, in sorted path order.
+Only files with an image extension (worker.common.imagefiles, any case) are picked up, in sorted path
+order.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from schemas import ImageRef, SchemaError
 from schemas.image_id import derive_image_id
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+from worker.common.imagefiles import IMAGE_EXTENSIONS, ImageFile, is_image_file, list_image_files
 
 OnError = Callable[[str, str], None]  # (what, message): a per-item problem that was skipped
 
@@ -61,14 +61,6 @@ def _need_line_id(template: RefTemplate) -> str:
     return template.line_id
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """A local image: absolute path and the relative path (POSIX) its id and upload key come from."""
-
-    path: Path
-    rel: str
-
-
 @dataclass
 class Source:
     """refs: the ImageRefs, lazily (uploads happen while iterating); total: count when known up front."""
@@ -78,48 +70,42 @@ class Source:
     description: str
 
 
-def is_image(name: str) -> bool:
-    """True when ``name`` has one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def list_folder(root: str | Path) -> list[LocalFile]:
+def list_folder(root: str | Path) -> list[ImageFile]:
     """Image files under ``root`` (recursive; a single file gives itself), sorted by relative path.
 
     Raises:
         SourceError: ``root`` does not exist.
     """
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if root.is_file():
-        return [LocalFile(root.resolve(), root.name)]
+        return [ImageFile(root, root.name)]
     if not root.is_dir():
         raise SourceError(f"{str(root)!r} is not a folder or file")
-    files = [p for p in root.rglob("*") if p.is_file() and is_image(p.name)]
-    return sorted((LocalFile(p.resolve(), p.relative_to(root).as_posix()) for p in files), key=lambda f: f.rel)
+    return list_image_files(root)
 
 
-def list_glob(pattern: str) -> list[LocalFile]:
+def list_glob(pattern: str) -> list[ImageFile]:
     """Image files matching ``pattern`` ("**" recurses), relative to its fixed leading folder, sorted."""
     parts = Path(pattern).expanduser().parts
     first_magic = next((i for i, part in enumerate(parts) if globlib.has_magic(part)), len(parts))
     base = Path(*parts[:first_magic]) if first_magic else Path(".")
     matches = globlib.glob(str(Path(pattern).expanduser()), recursive=True)
-    files = [Path(m) for m in matches if os.path.isfile(m) and is_image(m)]
-    return sorted((LocalFile(p.resolve(), p.relative_to(base).as_posix()) for p in files), key=lambda f: f.rel)
+    files = sorted(Path(m) for m in matches if is_image_file(m) and os.path.isfile(m))
+    return [ImageFile(p.resolve(), p.relative_to(base).as_posix()) for p in files]
 
 
 def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
 
 
-def local_ref(file: LocalFile, template: RefTemplate, upload: Uploader | None) -> ImageRef:
+def local_ref(file: ImageFile, template: RefTemplate, upload: Uploader | None) -> ImageRef:
     """The ImageRef of a local file: uploaded first when ``upload`` is given, else a file:// URI."""
     image_id = derive_image_id(_need_line_id(template), file.rel)
     uri = upload(file.path, image_id) if upload else file.path.as_uri()
     return template.build(image_id, uri, _mtime(file.path))
 
 
-def local_refs(files: Iterable[LocalFile], template: RefTemplate, upload: Uploader | None,
+def local_refs(files: Iterable[ImageFile], template: RefTemplate, upload: Uploader | None,
                on_error: OnError) -> Iterator[ImageRef]:
     """ImageRefs of ``files``; an unreadable file is reported to ``on_error`` and skipped."""
     for file in files:
@@ -141,7 +127,7 @@ def s3_refs(s3, uri: str, template: RefTemplate, on_error: OnError) -> Iterator[
     bucket, prefix = parse_s3_uri(uri)
     root = prefix[: prefix.rfind("/") + 1]
     for obj in s3.list_objects(bucket, prefix):
-        if not is_image(obj.key):
+        if not is_image_file(obj.key):
             continue
         try:
             yield template.build(derive_image_id(line_id, obj.key[len(root):]), f"s3://{bucket}/{obj.key}",
@@ -171,7 +157,7 @@ def line_ref(line: str, template: RefTemplate, upload: Uploader | None) -> Image
     if not path.is_file():
         raise SourceError(f"{text!r} is not a readable file")
     rel = PurePosixPath(os.path.normpath(text)).as_posix().lstrip("/")
-    return local_ref(LocalFile(path.resolve(), rel), template, upload)
+    return local_ref(ImageFile(path.resolve(), rel), template, upload)
 
 
 def stdin_refs(lines: Iterable[str], template: RefTemplate, upload: Uploader | None,

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -25,10 +24,6 @@ class ImageDecodeError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

@@ -19,7 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from schemas import ImageRef
 from schemas.image_id import derive_image_id
+from worker.common.imagefiles import list_image_files
 
 from .loop import Message
 from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
@@ -95,18 +97,15 @@ def folder_source(folder: str | os.PathLike, progress: ProgressStore, *, product
     `invad produce` follows, so both paths name a file alike; ``captured_at`` is the file's mtime.
     Raises ValueError when ``folder`` is not a directory.
     """
-    from schemas import ImageRef
-    from worker.core.images import is_image_file
     root = Path(folder).resolve()
     if not root.is_dir():
         raise ValueError(f"--source {str(folder)!r} is not a directory, a .jsonl file or '-'")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
     name = f"folder:{root}"
     messages = []
-    for position, path in enumerate(files):
-        ref = ImageRef(image_id=derive_image_id(line_id, path.relative_to(root).as_posix()), uri=path.as_uri(),
+    for position, file in enumerate(list_image_files(root)):
+        ref = ImageRef(image_id=derive_image_id(line_id, file.rel), uri=file.path.as_uri(),
                        line_id=line_id, product=product, producer=producer,
-                       captured_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+                       captured_at=datetime.fromtimestamp(file.path.stat().st_mtime, timezone.utc))
         messages.append(Message(ref.to_json(), ref.kafka_key(), name, 0, position, embedded=True))
     return _ListSource(name, messages, progress)
 
