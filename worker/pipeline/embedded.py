@@ -24,7 +24,7 @@ from schemas.image_id import derive_image_id
 from worker.common.imagefiles import list_image_files
 
 from .loop import Message
-from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
+from .sinks import ScoredImage, artefact_keys
 
 
 class ProgressStore:
@@ -263,23 +263,22 @@ class FolderSink:
         self.root = Path(out_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, product: str, line_id: str, image_id: str, name: str) -> Path:
-        return self.root / artefact_key("", product, line_id, image_id, name)
+    def _paths(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, Path]:
+        return {kind: self.root / key for kind, key in artefact_keys("", product, line_id, image_id, original_ext).items()}
 
     def artefact_uris(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
-        return {kind: self._path(product, line_id, image_id, name).as_uri()
-                for kind, name in (("original", f"original.{original_ext}"), ("overlay", OVERLAY), ("record", RECORD))}
+        return {kind: path.as_uri() for kind, path in self._paths(product, line_id, image_id, original_ext).items()}
 
     def write(self, batch: Sequence[ScoredImage]) -> None:
         for item in batch:
             if not item.flagged:
                 continue
             r = item.record
-            folder = self._path(r.product, r.line_id, r.image_id, "x").parent
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / f"original.{item.original_ext}", item.original or b"")
-            _atomic_write(folder / OVERLAY, item.overlay or b"")
-            _atomic_write(folder / RECORD, r.to_json())
+            paths = self._paths(r.product, r.line_id, r.image_id, item.original_ext)
+            paths["record"].parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(paths["original"], item.original or b"")
+            _atomic_write(paths["overlay"], item.overlay or b"")
+            _atomic_write(paths["record"], r.to_json())
 
     def flush(self) -> None: ...  # every file is fsynced and renamed in write()
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from . import s3
-from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
+from .sinks import ScoredImage, artefact_keys
 
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff",
                   "webp": "image/webp", "gif": "image/gif"}
@@ -38,12 +38,9 @@ class S3Sink:
             s3.ensure_bucket(self.client, self.bucket)
         self._ready = True
 
-    def key(self, product: str, line_id: str, image_id: str, name: str) -> str:
-        return artefact_key(self.prefix, product, line_id, image_id, name)
-
     def artefact_uris(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
-        return {kind: f"s3://{self.bucket}/{self.key(product, line_id, image_id, name)}"
-                for kind, name in (("original", f"original.{original_ext}"), ("overlay", OVERLAY), ("record", RECORD))}
+        keys = artefact_keys(self.prefix, product, line_id, image_id, original_ext)
+        return {kind: f"s3://{self.bucket}/{key}" for kind, key in keys.items()}
 
     def write(self, batch: Sequence[ScoredImage]) -> None:
         """Upload every flagged image's three objects.
@@ -57,11 +54,11 @@ class S3Sink:
             if not item.flagged:
                 continue
             r = item.record
-            ext = item.original_ext
-            puts.append((self.key(r.product, r.line_id, r.image_id, f"original.{ext}"), item.original or b"",
-                         _CONTENT_TYPES.get(ext, "application/octet-stream")))
-            puts.append((self.key(r.product, r.line_id, r.image_id, OVERLAY), item.overlay or b"", "image/png"))
-            puts.append((self.key(r.product, r.line_id, r.image_id, RECORD), r.to_json(), "application/json"))
+            keys = artefact_keys(self.prefix, r.product, r.line_id, r.image_id, item.original_ext)
+            puts.append((keys["original"], item.original or b"",
+                         _CONTENT_TYPES.get(item.original_ext, "application/octet-stream")))
+            puts.append((keys["overlay"], item.overlay or b"", "image/png"))
+            puts.append((keys["record"], r.to_json(), "application/json"))
         errors = [error for error in self._pool.map(self._put, puts) if error is not None]
         if errors:
             transient = [e for e in errors if s3.is_transient(e)]
