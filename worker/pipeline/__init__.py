@@ -2,7 +2,8 @@
 Redis and S3 in production, or against a folder, SQLite and a local folder in embedded mode.
 
 Each external client has one module: ``kafka_io`` (kafka-python), ``redis_sink`` (redis), ``s3``
-(boto3, shared by ``fetch`` and ``s3_sink``). Importing this package imports none of them.
+(boto3 through :mod:`worker.common.s3client`, shared by ``fetch`` and ``s3_sink``). Importing this
+package imports none of them.
 """
 
 from .config import WorkerConfig

@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from worker.common import s3client
+
 from . import s3
 from .sinks import ScoredImage, artefact_keys
 
@@ -61,7 +63,7 @@ class S3Sink:
             puts.append((keys["record"], r.to_json(), "application/json"))
         errors = [error for error in self._pool.map(self._put, puts) if error is not None]
         if errors:
-            transient = [e for e in errors if s3.is_transient(e)]
+            transient = [e for e in errors if s3client.is_transient(e)]
             if transient:
                 raise s3.as_dependency_down(transient[0], f"{len(errors)} of {len(puts)} uploads failed") from transient[0]
             raise errors[0]
