@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from schemas import ImageRef
 from schemas.image_ref import ATTRIBUTE_KEY_RE, LINE_ID_RE, MAX_ATTRIBUTES, PRODUCT_RE
+from worker.common.cliargs import UsageError, positive_int
 
 from .rate import TokenBucket, parse_rate
 from .sources import RefTemplate, SourceError, open_source
@@ -57,16 +58,6 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
 def _s3_uri(text: str) -> str:
     from .s3 import parse_s3_uri
 
@@ -102,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attribute for every image (string value); repeatable")
     parser.add_argument("--rate", type=_rate, help="cap in images per second: 50, 2.5, 600/min, 3600/h")
     parser.add_argument("--create-topic", action="store_true", help="create the topic if missing")
-    parser.add_argument("--partitions", type=_positive_int, help="partitions for --create-topic (default 1)")
-    parser.add_argument("--replication-factor", type=_positive_int,
+    parser.add_argument("--partitions", type=positive_int, help="partitions for --create-topic (default 1)")
+    parser.add_argument("--replication-factor", type=positive_int,
                         help="replication factor for --create-topic (default 1)")
     parser.add_argument("--upload", type=_s3_uri, metavar="s3://BUCKET/PREFIX",
                         help="upload local images to BUCKET/PREFIX/<image_id> first and reference them there")
@@ -112,10 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the ImageRef JSON lines instead of sending (nothing is uploaded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-class UsageError(ValueError):
-    """A flag combination or environment value that cannot work; exit code 2."""
 
 
 @dataclass
