@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import structlog
 
+from .backoff import backoff_delay
 from .config import WorkerConfig, add_config_arguments
 from .errors import DependencyDown
 from .loop import Loop, remove_health
@@ -94,15 +95,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff_max_s: float) -> Any:
     """Call ``make`` until it stops raising DependencyDown (or ``stop`` is set: returns None)."""
-    delay = 0.5
+    attempt = 0
     while not stop.is_set():
         try:
             return make()
         except DependencyDown as error:
+            attempt += 1
+            delay = backoff_delay(attempt, backoff_max_s)
             log.warning("dependency_down_at_start", dependency=error.dependency, what=what, error=error.message,
-                        retry_in_s=delay)
+                        attempt=attempt, retry_in_s=round(delay, 2))
             stop.wait(delay)
-            delay = min(backoff_max_s, delay * 2)
     return None
 
 

@@ -17,7 +17,6 @@ jitter (keeping the consumer alive), retry; anything else is a bug and propagate
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -29,6 +28,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import structlog
 
+from .backoff import backoff_delay
 from .errors import BadRecord, DependencyDown
 from .sinks import ScoredImage, artefact_store
 
@@ -162,9 +162,7 @@ class Loop:
                 self._drop_revoked(work)
 
     def _backoff(self, attempt: int) -> float:
-        # Full jitter keeps a fleet of workers from hammering a recovering Redis in lock-step.
-        cap = min(self.config.backoff_max_s, 0.2 * 2 ** min(attempt, 20))
-        return random.uniform(cap / 2, cap)
+        return backoff_delay(attempt, self.config.backoff_max_s)
 
     def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds in short slices, keeping the consumer in its group; raise Abandoned
