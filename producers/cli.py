@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
+from tqdm import tqdm
+
 from schemas import ImageRef
 from schemas.image_ref import ATTRIBUTE_KEY_RE, LINE_ID_RE, MAX_ATTRIBUTES, PRODUCT_RE
 from worker.common.cliargs import UsageError, positive_int
 
+from .admin import TopicError, check_topic_name, ensure_topic
+from .publisher import PublishError, Publisher
 from .rate import TokenBucket, parse_rate
+from .s3 import S3, S3Error, parse_s3_uri
 from .sources import RefTemplate, SourceError, open_source
 
 DEFAULT_TOPIC = "invad.images"
@@ -59,8 +64,6 @@ def _rate(text: str) -> float:
 
 
 def _s3_uri(text: str) -> str:
-    from .s3 import parse_s3_uri
-
     try:
         parse_s3_uri(text)
     except ValueError as exc:
@@ -116,8 +119,6 @@ class Tally:
 
 def _resolve(args: argparse.Namespace) -> dict:
     """Flags merged with environment defaults, cross-checked. Raises UsageError."""
-    from .admin import check_topic_name
-
     bootstrap = args.bootstrap or os.environ.get("INVAD_KAFKA_BOOTSTRAP")
     topic = args.topic or os.environ.get("INVAD_TOPIC") or DEFAULT_TOPIC
     endpoint = args.s3_endpoint or os.environ.get("INVAD_S3_ENDPOINT") or None
@@ -150,8 +151,6 @@ def _resolve(args: argparse.Namespace) -> dict:
 
 
 def _uploader(s3, target: str, dry_run: bool):
-    from .s3 import parse_s3_uri
-
     bucket, prefix = parse_s3_uri(target)
     prefix = prefix.strip("/")
 
@@ -164,8 +163,6 @@ def _uploader(s3, target: str, dry_run: bool):
 
 def _paced(refs: Iterable[ImageRef], bucket: TokenBucket | None, tally: Tally) -> Iterator[ImageRef]:
     # Stops cleanly on a fatal source error (e.g. S3 down) so records already sent are still reported.
-    from .s3 import S3Error
-
     try:
         for ref in refs:
             if bucket is not None:
@@ -177,8 +174,6 @@ def _paced(refs: Iterable[ImageRef], bucket: TokenBucket | None, tally: Tally) -
 
 def run(args: argparse.Namespace) -> int:
     """Execute `invad produce` with parsed ``args``; returns the exit code (0, 1, 2, or 130 on Ctrl-C)."""
-    from tqdm import tqdm
-
     try:
         opts = _resolve(args)
     except UsageError as exc:
@@ -193,8 +188,6 @@ def run(args: argparse.Namespace) -> int:
 
     s3 = None
     if args.upload or args.source.startswith("s3://"):
-        from .s3 import S3
-
         s3 = S3(endpoint_url=opts["endpoint"])
     template = RefTemplate(producer=opts["producer"], line_id=args.line_id, product=args.product,
                            camera_id=args.camera_id, attributes=dict(args.attr))
@@ -232,9 +225,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _publish(args, opts: dict, refs: Iterator[ImageRef], tally: Tally, bar) -> None:
-    from .admin import TopicError, ensure_topic
-    from .publisher import PublishError, Publisher
-
     try:
         if args.create_topic:
             status = ensure_topic(opts["bootstrap"], opts["topic"], args.partitions or 1,

@@ -25,6 +25,8 @@ from schemas import ImageRef, SchemaError
 from schemas.image_id import derive_image_id
 from worker.common.imagefiles import IMAGE_EXTENSIONS, ImageFile, is_image_file, list_image_files
 
+from .s3 import S3, parse_s3_uri
+
 OnError = Callable[[str, str], None]  # (what, message): a per-item problem that was skipped
 
 
@@ -115,14 +117,12 @@ def local_refs(files: Iterable[ImageFile], template: RefTemplate, upload: Upload
             on_error(str(file.path), str(exc))
 
 
-def s3_refs(s3, uri: str, template: RefTemplate, on_error: OnError) -> Iterator[ImageRef]:
-    """ImageRefs of the images under an s3://bucket/prefix (``s3``: a producers.s3.S3), in key order.
+def s3_refs(s3: S3, uri: str, template: RefTemplate, on_error: OnError) -> Iterator[ImageRef]:
+    """ImageRefs of the images under an s3://bucket/prefix, in key order.
 
     A key that makes no valid ImageRef is reported to ``on_error`` and skipped; a failed listing raises
     producers.s3.S3Error.
     """
-    from .s3 import parse_s3_uri
-
     line_id = _need_line_id(template)
     bucket, prefix = parse_s3_uri(uri)
     root = prefix[: prefix.rfind("/") + 1]
@@ -173,7 +173,7 @@ def stdin_refs(lines: Iterable[str], template: RefTemplate, upload: Uploader | N
 
 
 def open_source(spec: str, template: RefTemplate, *, on_error: OnError, upload: Uploader | None = None,
-                s3=None, stdin: Iterable[str] | None = None) -> Source:
+                s3: S3 | None = None, stdin: Iterable[str] | None = None) -> Source:
     """The Source for a CLI SOURCE argument: "-" (stdin), "s3://bucket/prefix", a glob, a folder or a file.
 
     Raises:

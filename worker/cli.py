@@ -1,7 +1,7 @@
 """The ``invad`` command: train, score, eval, bench, demo (detector) and produce, work (pipeline).
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
-names it and how to fix it. Heavy imports (torch, kafka) happen inside the subcommand that needs them.
+names it and how to fix it. torch is imported only inside the subcommands that need it.
 """
 
 from __future__ import annotations

@@ -9,10 +9,4 @@ package imports none of them.
 from .config import WorkerConfig
 from .errors import BadRecord, DependencyDown
 
-__all__ = ["BadRecord", "DependencyDown", "WorkerConfig", "run_embedded"]
-
-
-def run_embedded(*args, **kwargs):
-    """See :func:`worker.pipeline.cli.run_embedded` (imported lazily to keep this package light)."""
-    from .cli import run_embedded as _run_embedded
-    return _run_embedded(*args, **kwargs)
+__all__ = ["BadRecord", "DependencyDown", "WorkerConfig"]

@@ -8,6 +8,7 @@ committed past the last good batch, so nothing is lost). A bug propagates as a t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -20,9 +21,15 @@ from typing import Any, Callable
 import structlog
 
 from .backoff import backoff_delay
-from .config import WorkerConfig, add_config_arguments
+from .config import WorkerConfig, _models, add_config_arguments
+from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown
+from .fetch import Fetcher
+from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
+from .models import ModelRegistry
+from .redis_sink import RedisSink
+from .s3_sink import S3Sink
 
 log = structlog.get_logger("invad.pipeline.cli")
 EX_TEMPFAIL = 75
@@ -110,11 +117,6 @@ def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff
 
 def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
     """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
-    from .fetch import Fetcher
-    from .kafka_io import KafkaDeadLetters, KafkaSource
-    from .models import ModelRegistry
-    from .redis_sink import RedisSink
-    from .s3_sink import S3Sink
 
     registry = registry or ModelRegistry.load(config.models, config.device)
     s3_sink = S3Sink.from_config(config)
@@ -169,9 +171,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     Raises:
         ValueError: bad arguments or model bundle (message names the value and what is allowed).
     """
-    from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
-    from .fetch import Fetcher
-    from .models import ModelRegistry
 
     if sqlite_path is None and out_dir is None:
         raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
@@ -201,7 +200,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     if isinstance(model, ModelRegistry):
         registry = model
     else:
-        from .config import _models
         registry = ModelRegistry.load(_models(str(model)), config.device)
 
     sinks: list[Any] = []
@@ -232,7 +230,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
 
 def run_embedded_cli(args: argparse.Namespace) -> int:
     """``invad work --source ...``: embedded mode from flags and ``INVAD_*`` variables; prints a JSON summary."""
-    import json
     try:
         config = WorkerConfig.from_sources(args, os.environ, mode="embedded")
         if not config.models:
@@ -243,7 +240,6 @@ def run_embedded_cli(args: argparse.Namespace) -> int:
         print(f"invad work: {error}", file=sys.stderr)
         return 2
     stop = _start(config)
-    from .models import ModelRegistry
     registry = ModelRegistry.load(config.models, config.device)
     summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product, line_id=args.line_id,
                            progress_path=args.progress, config=config, stop=stop, keep_scores=0)

@@ -18,6 +18,8 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from schemas import ALERT_ONCE_LUA, AlertEntry, RedisLayout
+
 from .errors import DependencyDown
 from .sinks import ScoredImage
 
@@ -32,10 +34,9 @@ _TRANSIENT_REPLIES = ("OOM", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS", "
 class RedisSink:
     """Writes every scored image to Redis; idempotent by ``image_id``."""
 
-    def __init__(self, url: str, layout: Any, *, client: Any = None, socket_timeout_s: float = 5.0):
+    def __init__(self, url: str, layout: RedisLayout, *, client: Any = None, socket_timeout_s: float = 5.0):
         """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes). The connection is made
         lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
-        from schemas import ALERT_ONCE_LUA
         self.layout = layout
         # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
         self._client = client or redis.Redis.from_url(
@@ -46,7 +47,6 @@ class RedisSink:
 
     @classmethod
     def from_config(cls, config: Any) -> "RedisSink":
-        from schemas import RedisLayout
         layout = RedisLayout(prefix=config.redis_prefix, record_ttl_s=config.record_ttl_s,
                              recent_max=config.recent_per_line, top_max=config.top_per_line,
                              alerts_maxlen=config.alert_stream_maxlen)
@@ -71,7 +71,6 @@ class RedisSink:
         """
         if not self._pending:
             return
-        from schemas import AlertEntry
         layout, ttl = self.layout, self.layout.record_ttl_s
         pipe = self._client.pipeline(transaction=True)
         lines: set[str] = set()
