@@ -117,7 +117,6 @@ def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff
 
 def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
     """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
-
     registry = registry or ModelRegistry.load(config.models, config.device)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
@@ -171,7 +170,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     Raises:
         ValueError: bad arguments or model bundle (message names the value and what is allowed).
     """
-
     if sqlite_path is None and out_dir is None:
         raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
     if settings.get("device") == "auto":
