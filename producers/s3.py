@@ -2,7 +2,7 @@
 
 The client and its settings come from :mod:`worker.common.s3client` (shared with the worker).
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
-AWS_PROFILE, instance roles); ``endpoint_url`` points at an S3-compatible store such as SeaweedFS.
+AWS_PROFILE, instance roles); ``endpoint_url`` points at an S3-compatible store such as MinIO or s3proxy.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class S3:
     until the first call; every failed call raises :class:`S3Error`.
 
     Args:
-        endpoint_url: e.g. "http://127.0.0.1:8333" for an S3-compatible store; None for AWS.
+        endpoint_url: e.g. "http://127.0.0.1:18333" for the test s3proxy; None for AWS.
         region: defaults to AWS_REGION / AWS_DEFAULT_REGION, else "us-east-1".
         max_attempts: retry attempts per call (standard mode); uploads may wait out a busy store.
     """

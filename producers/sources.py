@@ -7,7 +7,7 @@ overwrites the same Redis records and never raises a second alert, and embedded 
 files the same ids.
 
 captured_at is the file's modification time (S3: LastModified; remote URIs on stdin: now), in UTC.
-Only files with an image extension (worker.common.imagefiles, any case) are picked up, in sorted path
+Only files with an image extension (worker.core.imagefiles, any case) are picked up, in sorted path
 order.
 """
 
@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from schemas import ImageRef, SchemaError
 from schemas.image_id import derive_image_id
-from worker.common.imagefiles import IMAGE_EXTENSIONS, ImageFile, is_image_file, list_image_files
+from worker.core.imagefiles import IMAGE_EXTENSIONS, ImageFile, is_image_file, list_image_files
 
 from .s3 import S3, parse_s3_uri
 

@@ -109,23 +109,75 @@ def validate(name: str, obj: Any) -> None:
         raise SchemaError("schema_invalid", text + more)
 
 
+# Bounds of what a decoder accepts, so that no message can exhaust the stack, the CPU or the encoder.
+MAX_JSON_BYTES = 1 << 20   # Kafka's default message size; a reference is a few hundred bytes
+MAX_JSON_DEPTH = 32        # the deepest contract nests 3 levels
+MAX_INT_DIGITS = 19        # anything longer is outside int64, and Python refuses > 4,300 digits anyway
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN/Infinity; the JSON standard (and every other language's parser) does not.
     raise SchemaError("invalid_json", f"{name} is not valid JSON (numbers must be finite)")
 
 
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise SchemaError("schema_invalid", f"an integer of {digits} digits is out of range "
+                                            f"(at most {MAX_INT_DIGITS} digits, a 64-bit integer)")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON syntax, but no 64-bit float holds it
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise SchemaError("schema_invalid", f"number {shown} is out of the range of a 64-bit float")
+    return value
+
+
+def _check_tree(obj: Any) -> None:
+    """Reject nesting deeper than MAX_JSON_DEPTH and text that is not Unicode (lone surrogate escapes),
+    walking iteratively so that the check itself cannot overflow the stack."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)) and depth > MAX_JSON_DEPTH:
+            raise SchemaError("invalid_json", f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                stack.append((key, depth))
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str) and _SURROGATE_RE.search(node):
+            raise SchemaError("invalid_json", "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                                              "which is not Unicode text")
+
+
 def parse_json_object(data: bytes | bytearray | str) -> dict[str, Any]:
-    """Parse ``data`` (UTF-8 bytes or text) as one JSON object.
+    """Parse ``data`` (UTF-8 bytes or text) as one JSON object, within the bounds above.
 
     Raises:
-        SchemaError("invalid_json"): not UTF-8, not JSON (NaN and Infinity included), or not an object.
+        SchemaError("invalid_json"): not UTF-8, not JSON (NaN and Infinity included), not an object,
+            larger than MAX_JSON_BYTES, nested deeper than MAX_JSON_DEPTH, or holding lone surrogates.
+        SchemaError("schema_invalid"): a number out of range (more than MAX_INT_DIGITS digits, or a
+            float that overflows to infinity, such as 1e400).
     """
+    if len(data) > MAX_JSON_BYTES:
+        raise SchemaError("invalid_json", f"message of {len(data)} bytes exceeds the limit of {MAX_JSON_BYTES} bytes")
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
+        # Decode first: json.loads would also take UTF-16/32 bytes, which the contracts do not allow.
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int, parse_float=_parse_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SchemaError("invalid_json", f"not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise SchemaError("invalid_json", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise SchemaError("invalid_json", f"expected a JSON object, got {type(obj).__name__}")
+    _check_tree(obj)
     return obj
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
 from dataclasses import InitVar, dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ._validate import (
     JsonMessage,
@@ -21,6 +23,9 @@ from ._validate import (
 # Every reason a message can be dead-lettered for; the first three are SchemaError reasons.
 DEAD_LETTER_REASONS: tuple[str, ...] = tuple(load_schema("dead_letter")["properties"]["reason"]["enum"])
 MAX_MESSAGE_CHARS = load_schema("dead_letter")["properties"]["message"]["maxLength"]
+# The most of an original value a dead letter carries: base64 makes it at most 342 KiB, far below Kafka's
+# default 1 MB message limit. Larger values keep their first bytes, their size and their SHA-256.
+MAX_PAYLOAD_BYTES = 256 * 1024
 
 
 def encode_bytes(raw: bytes | None) -> tuple[str | None, str]:
@@ -60,10 +65,12 @@ class DeadLetter(JsonMessage):
         reason: one of DEAD_LETTER_REASONS.
         message: human-readable detail (at most 4096 characters; for_message truncates longer ones).
         payload, payload_encoding: original value as text, "utf-8" or "base64"; payload None for a null value.
-        key, key_encoding: original key, same treatment; None when absent.
+        key, key_encoding: original key, same treatment (cut to ``max_payload_bytes``); None when absent.
         topic, partition, offset: where the message was read (partition/offset None when unknown).
         failed_at: timezone-aware time of the failure.
         worker_id: the worker that gave up on it.
+        payload_truncated, payload_size, payload_sha256: set when the value was longer than
+            ``max_payload_bytes``: payload then holds its first bytes only (see ``truncated``).
     """
 
 
@@ -78,6 +85,11 @@ class DeadLetter(JsonMessage):
     offset: int | None
     failed_at: datetime
     worker_id: str
+    payload_truncated: bool = False
+    payload_size: int | None = None
+    payload_sha256: str | None = None
+
+    SCHEMA_VERSION: ClassVar[str] = "1.1"  # 1.1: reason processing_failed, payload truncation fields
 
     # from_dict validated the raw message already; skip the second, identical check.
     _trusted: InitVar[bool] = False
@@ -100,21 +112,24 @@ class DeadLetter(JsonMessage):
         offset: int | None,
         worker_id: str,
         failed_at: datetime | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> "DeadLetter":
-        """Dead letter for a raw message; ``failed_at`` defaults to now (UTC).
+        """Dead letter for a raw message; ``failed_at`` defaults to now (UTC). A value longer than
+        ``max_payload_bytes`` is cut to its first bytes, with the original's size and SHA-256.
 
         Raises:
             SchemaError("schema_invalid"): ``reason`` is not one of DEAD_LETTER_REASONS, or another field is bad.
         """
-        payload, payload_encoding = encode_bytes(value)
-        key_text, key_encoding = encode_bytes(key)
+        # Error texts can quote message content: keep them valid Unicode, so the letter always encodes.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-        return cls(
+        key_text, key_encoding = encode_bytes(None if key is None else bytes(key)[:max_payload_bytes])
+        letter = cls(
             reason=reason,
             message=message,
-            payload=payload,
-            payload_encoding=payload_encoding,
+            payload=None,
+            payload_encoding="utf-8",
             key=key_text,
             key_encoding=key_encoding,
             topic=topic,
@@ -122,10 +137,36 @@ class DeadLetter(JsonMessage):
             offset=offset,
             failed_at=failed_at or utc_now(),
             worker_id=worker_id,
+            _trusted=True,
         )
+        return letter._with_payload(None if value is None else bytes(value), max_payload_bytes)
+
+    def truncated(self, max_payload_bytes: int) -> "DeadLetter":
+        """This letter with at most ``max_payload_bytes`` of the original value and key (0: size and
+        digest only), for a broker whose message limit refused it whole."""
+        letter, key = self, self.key_bytes()
+        if key is not None and len(key) > max_payload_bytes:
+            key_text, key_encoding = encode_bytes(key[:max_payload_bytes])
+            letter = dataclasses.replace(letter, key=key_text, key_encoding=key_encoding)
+        held = letter.payload_bytes()
+        if held is None or len(held) <= max_payload_bytes:
+            return letter
+        if not letter.payload_truncated:
+            return letter._with_payload(held, max_payload_bytes)
+        text, encoding = encode_bytes(held[:max_payload_bytes])  # size and digest still describe the original
+        return dataclasses.replace(letter, payload=text, payload_encoding=encoding)
+
+    def _with_payload(self, value: bytes | None, max_payload_bytes: int) -> "DeadLetter":
+        fields: dict[str, Any] = {"payload_truncated": False, "payload_size": None, "payload_sha256": None}
+        if value is not None and len(value) > max_payload_bytes:
+            fields = {"payload_truncated": True, "payload_size": len(value),
+                      "payload_sha256": hashlib.sha256(value).hexdigest()}
+            value = value[:max_payload_bytes]
+        fields["payload"], fields["payload_encoding"] = encode_bytes(value)
+        return dataclasses.replace(self, **fields)
 
     def payload_bytes(self) -> bytes | None:
-        """The original message value, byte for byte."""
+        """The original message value, byte for byte (its first bytes when ``payload_truncated``)."""
         return decode_bytes(self.payload, self.payload_encoding)
 
     def key_bytes(self) -> bytes | None:
@@ -147,6 +188,8 @@ class DeadLetter(JsonMessage):
             "offset": self.offset,
             "failed_at": format_timestamp(self.failed_at, "failed_at"),
             "worker_id": self.worker_id,
+            **({"payload_truncated": True, "payload_size": self.payload_size, "payload_sha256": self.payload_sha256}
+               if self.payload_truncated else {}),
         }
 
 
@@ -171,6 +214,9 @@ class DeadLetter(JsonMessage):
             offset=obj["offset"],
             failed_at=parse_timestamp(obj["failed_at"], "failed_at"),
             worker_id=obj["worker_id"],
+            payload_truncated=bool(obj.get("payload_truncated", False)),
+            payload_size=obj.get("payload_size"),
+            payload_sha256=obj.get("payload_sha256"),
             _trusted=True,
         )
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Real test services on loopback: Kafka (KRaft, from Maven Central), Redis (Debian redis-server),
-# S3 (SeaweedFS `weed server -s3`, built from its Go module).
+# Real test services on loopback: Kafka (KRaft) and S3 (s3proxy, filesystem backend), both fetched from
+# Maven Central, and Redis (Debian redis-server).
 #
-#   scripts/services.sh install   fetch/build what is missing into the cache (idempotent)
+#   scripts/services.sh install   fetch what is missing into the cache (idempotent; a few tens of seconds)
 #   scripts/services.sh start     start what is not running, wait until ready, write the env file
 #   scripts/services.sh stop      stop what `start` started (caches and Kafka's formatted log dir stay;
-#                                 SeaweedFS starts from an empty store each time unless INVAD_S3_KEEP_DATA=1)
+#                                 s3proxy starts from an empty store each time unless INVAD_S3_KEEP_DATA=1)
 #   scripts/services.sh status    one line per service
 #   scripts/services.sh env       print the env file (`eval "$(scripts/services.sh env)"` to load it)
 #
-# Cache:      ${INVAD_CACHE:-$HOME/.cache/invad}   (kafka-<v>/libs, bin/weed, m2/)
+# Cache:      ${INVAD_CACHE:-$HOME/.cache/invad}   (kafka-<v>/libs, s3proxy-<v>/s3proxy.jar, m2/)
 # Run state:  ${INVAD_RUN_DIR:-$INVAD_CACHE/run}   (pids, data, logs, services.env)
-# Ports:      INVAD_KAFKA_PORT (19092), INVAD_REDIS_PORT (16379), INVAD_S3_PORT (18333)
+# Ports:      INVAD_KAFKA_PORT (19092; its KRaft controller INVAD_KAFKA_CONTROLLER_PORT, default +1),
+#             INVAD_REDIS_PORT (16379), INVAD_S3_PORT (18333). Two instances need a run dir and ports each.
 # A service whose INVAD_TEST_KAFKA / INVAD_TEST_REDIS_URL / INVAD_TEST_S3_ENDPOINT is already set is
 # not started; the given value is passed through into services.env.
 set -euo pipefail
@@ -23,26 +24,19 @@ ENV_FILE="$RUN_DIR/services.env"
 
 KAFKA_VERSIONS="${INVAD_KAFKA_VERSION:-4.4.0 4.3.1}"   # first one that resolves wins
 SLF4J_BINDING="org.apache.logging.log4j:log4j-slf4j-impl:2.25.5"  # Kafka 4.x ships slf4j-api 1.7.x
-WEED_MODULE="github.com/seaweedfs/seaweedfs"
-WEED_VERSION="${INVAD_SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
+# org.gaul:s3proxy (Java 17); 4.x, unlike 3.0, accepts the x-amz-checksum-* headers boto3 sends by default
+S3PROXY_VERSION="${INVAD_S3PROXY_VERSION:-4.1.0}"
 
 KAFKA_PORT="${INVAD_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${INVAD_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 REDIS_PORT="${INVAD_REDIS_PORT:-16379}"
 S3_PORT="${INVAD_S3_PORT:-18333}"
-# SeaweedFS internal ports, derived from the S3 port so that overriding it moves them all
-WEED_MASTER_PORT="$((S3_PORT + 1000))"   # 19333
-WEED_VOLUME_PORT="$((S3_PORT - 253))"    # 18080
-WEED_FILER_PORT="$((S3_PORT + 555))"     # 18888
 S3_ACCESS_KEY_DEFAULT="invad-test-access"
 S3_SECRET_KEY_DEFAULT="invad-test-secret-key"
 
 KAFKA_START_TIMEOUT="${INVAD_KAFKA_START_TIMEOUT:-90}"
 REDIS_START_TIMEOUT=15
 S3_START_TIMEOUT="${INVAD_S3_START_TIMEOUT:-60}"
-
-GO_BIN="$(command -v go || true)"
-[[ -n "$GO_BIN" ]] || GO_BIN=/usr/local/go/bin/go
 
 log() { echo "[services] $*" >&2; }
 die() { echo "[services] ERROR: $*" >&2; exit 1; }
@@ -92,6 +86,11 @@ install_redis() {
   command -v redis-server >/dev/null || die "redis: redis-server still not on PATH after install"
 }
 
+need_java_and_maven() { # $1 = label
+  command -v mvn >/dev/null || die "$1: mvn (Maven) not found; apt-get install -y maven"
+  command -v java >/dev/null || die "$1: java not found; a Java 17 runtime is needed (apt-get install -y openjdk-17-jre-headless)"
+}
+
 kafka_home() { # prints the first fully installed Kafka folder, or nothing
   local v
   for v in $KAFKA_VERSIONS; do
@@ -109,8 +108,7 @@ install_kafka() {
     log "kafka: already installed ($home)"
     return
   fi
-  command -v mvn >/dev/null || die "kafka: mvn (Maven) not found; apt-get install -y maven"
-  command -v java >/dev/null || die "kafka: java not found; a Java 17 runtime is needed"
+  need_java_and_maven kafka
   local v t0 work
   for v in $KAFKA_VERSIONS; do
     t0=$(now)
@@ -155,53 +153,48 @@ EOF
   die "kafka: no Kafka version of [$KAFKA_VERSIONS] could be fetched with Maven"
 }
 
-install_weed() {
-  local bin="$INVAD_CACHE/bin/weed" stamp="$INVAD_CACHE/bin/weed.version"
-  if [[ -x "$bin" && -f "$stamp" && "$(cat "$stamp")" == "$WEED_VERSION" ]]; then
-    log "seaweedfs: already built ($bin, $WEED_VERSION)"
+s3proxy_jar() { echo "$INVAD_CACHE/s3proxy-$S3PROXY_VERSION/s3proxy.jar"; }
+
+install_s3proxy() {
+  local jar home t0 fetched
+  jar="$(s3proxy_jar)"
+  home="$(dirname "$jar")"
+  if [[ -f "$home/.complete" ]]; then
+    log "s3proxy: already installed ($jar)"
     return
   fi
-  [[ -x "$GO_BIN" ]] || die "seaweedfs: Go toolchain not found (looked for go on PATH and /usr/local/go/bin/go)"
-  mkdir -p "$INVAD_CACHE/bin" "$INVAD_CACHE/tmp"
-  local t0 dir src buildlog="$INVAD_CACHE/weed-build.log"
+  need_java_and_maven s3proxy
   t0=$(now)
-  log "seaweedfs: downloading Go module $WEED_MODULE@$WEED_VERSION"
-  dir="$(cd "$INVAD_CACHE/tmp" && GOFLAGS=-mod=mod "$GO_BIN" mod download -json "$WEED_MODULE@$WEED_VERSION" \
-          | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')" \
-    || die "seaweedfs: go mod download $WEED_MODULE@$WEED_VERSION failed"
-  [[ -n "$dir" && -d "$dir/weed" ]] || die "seaweedfs: module folder not found after go mod download ($dir)"
-  # The module cache is read-only and go.mod has replace directives (so `go install` is refused):
-  # build ./weed from a writable copy of the module.
-  src="$(mktemp -d "$INVAD_CACHE/tmp/seaweedfs-src.XXXXXX")"
-  cp -r "$dir/." "$src/"
-  chmod -R u+w "$src"
-  log "seaweedfs: building weed with $("$GO_BIN" env GOVERSION) (large; several minutes on 2 cores from a cold Go cache; log: $buildlog)"
-  (cd "$src/weed" && GOFLAGS="-mod=mod -buildvcs=false" "$GO_BIN" build -trimpath -ldflags='-s -w' -o "$bin.tmp" . \
-      >"$buildlog" 2>&1) &
-  local bpid=$! rc=0 ticks=0
-  while kill -0 "$bpid" 2>/dev/null; do
-    sleep 5
-    ticks=$((ticks + 1))
-    if ((ticks % 12 == 0)); then log "seaweedfs: still building ($(($(now) - t0)) s)"; fi
-  done
-  wait "$bpid" || rc=$?
-  rm -rf "$src"
-  rmdir "$INVAD_CACHE/tmp" 2>/dev/null || true
-  if (( rc != 0 )) || ! "$bin.tmp" version >/dev/null 2>&1; then
-    show_log "$buildlog"
-    die "seaweedfs: build of weed failed (exit $rc); full log: $buildlog"
+  # s3proxy's release build with its dependencies inside: one download, and exactly the library
+  # versions s3proxy is built and tested with (no dependency mediation on our side)
+  log "s3proxy: fetching org.gaul:s3proxy:$S3PROXY_VERSION:jar-with-dependencies from Maven Central"
+  rm -rf "$home.tmp"
+  mkdir -p "$home.tmp"
+  if ! (cd "$home.tmp" && mvn -B -q -Dmaven.repo.local="$INVAD_CACHE/m2" dependency:get -Dtransitive=false \
+          -Dartifact="org.gaul:s3proxy:$S3PROXY_VERSION:jar:jar-with-dependencies" >"$home.tmp/mvn.log" 2>&1); then
+    tail -n 15 "$home.tmp/mvn.log" >&2 || true
+    die "s3proxy: Maven could not fetch org.gaul:s3proxy:$S3PROXY_VERSION (log: $home.tmp/mvn.log;" \
+        "INVAD_S3PROXY_VERSION picks another version)"
   fi
-  mv "$bin.tmp" "$bin"
-  echo "$WEED_VERSION" >"$stamp"
-  log "seaweedfs: built $bin ($("$bin" version 2>/dev/null | head -n 1)) in $(($(now) - t0)) s"
+  fetched="$INVAD_CACHE/m2/org/gaul/s3proxy/$S3PROXY_VERSION/s3proxy-$S3PROXY_VERSION-jar-with-dependencies.jar"
+  [[ -f "$fetched" ]] || die "s3proxy: Maven reported success but $fetched is missing"
+  ln -f "$fetched" "$home.tmp/s3proxy.jar" 2>/dev/null || cp "$fetched" "$home.tmp/s3proxy.jar"
+  touch "$home.tmp/.complete"
+  rm -rf "$home"
+  mv "$home.tmp" "$home"
+  log "s3proxy: installed $S3PROXY_VERSION into $home ($(du -m "$jar" | cut -f1) MB, $(($(now) - t0)) s)"
 }
 
 cmd_install() {
   mkdir -p "$INVAD_CACHE"
+  # Two installs at once (two test runs on one machine) would share the Maven repository and the
+  # .tmp folders: the second waits for the first, then finds everything installed.
+  exec 9>"$INVAD_CACHE/install.lock"
+  flock 9
   local t0
   t0=$(now); install_redis; log "redis: install step took $(($(now) - t0)) s"
   t0=$(now); install_kafka; log "kafka: install step took $(($(now) - t0)) s"
-  t0=$(now); install_weed; log "seaweedfs: install step took $(($(now) - t0)) s"
+  t0=$(now); install_s3proxy; log "s3proxy: install step took $(($(now) - t0)) s"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -232,13 +225,13 @@ fail_start() { # $1 = service, $2 = log, $3 = message
 
 start_redis() {
   local pidf="$RUN_DIR/redis.pid" logf="$LOG_DIR/redis.log"
-  if pid_alive "$pidf" redis-server; then log "redis: already running (pid $(cat "$pidf"))"; return; fi
+  if pid_alive "$pidf" redis-server; then log "redis: already running (pid $(cat "$pidf"))"; WAIT+=(redis); return; fi
   command -v redis-server >/dev/null || die "redis: redis-server not installed; run: $0 install"
   check_port_free redis "$REDIS_PORT"
   mkdir -p "$RUN_DIR/redis"
   launch redis "$logf" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
     --daemonize no --dir "$RUN_DIR/redis" --save "" --appendonly no --databases 16
-  STARTED+=(redis)
+  WAIT+=(redis)
 }
 
 wait_redis() {
@@ -303,7 +296,7 @@ EOF
 
 start_kafka() {
   local kd="$RUN_DIR/kafka" pidf="$RUN_DIR/kafka.pid" logf="$LOG_DIR/kafka.log" home
-  if pid_alive "$pidf" kafka.Kafka; then log "kafka: already running (pid $(cat "$pidf"))"; return; fi
+  if pid_alive "$pidf" kafka.Kafka; then log "kafka: already running (pid $(cat "$pidf"))"; WAIT+=(kafka); return; fi
   home="$(kafka_home)"
   [[ -n "$home" ]] || die "kafka: not installed; run: $0 install"
   command -v java >/dev/null || die "kafka: java not found"
@@ -328,7 +321,7 @@ start_kafka() {
   launch kafka "$logf" java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$kd/log4j2.properties" -cp "$home/libs/*" kafka.Kafka "$kd/server.properties"
-  STARTED+=(kafka)
+  WAIT+=(kafka)
 }
 
 wait_kafka() {
@@ -341,52 +334,100 @@ wait_kafka() {
   done
 }
 
-start_s3() {
-  local wd="$RUN_DIR/seaweedfs" pidf="$RUN_DIR/seaweedfs.pid" logf="$LOG_DIR/seaweedfs.log"
-  local bin="$INVAD_CACHE/bin/weed" p
-  if pid_alive "$pidf" weed; then log "seaweedfs: already running (pid $(cat "$pidf"))"; return; fi
-  [[ -x "$bin" ]] || die "seaweedfs: $bin not built; run: $0 install"
-  for p in "$S3_PORT" "$WEED_MASTER_PORT" "$WEED_VOLUME_PORT" "$WEED_FILER_PORT" \
-           $((S3_PORT + 10000)) $((WEED_MASTER_PORT + 10000)) $((WEED_VOLUME_PORT + 10000)) $((WEED_FILER_PORT + 10000)); do
-    check_port_free seaweedfs "$p"
+s3proxy_conf() { echo "$RUN_DIR/s3proxy/s3proxy.properties"; }  # unique per run dir: names our process
+
+find_pid() { # $1 = text in the command line, $2 = a second text; prints the first such pid, or nothing
+  local f
+  # grep's own command line holds $1 too, but not $2
+  for f in $(grep -lsF -- "$1" /proc/[0-9]*/cmdline); do
+    if { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$2"; then  # the process may be gone by now
+      f="${f#/proc/}"
+      echo "${f%/cmdline}"
+      return
+    fi
   done
-  # A fresh store on every start: a master restarted on old data waits for a raft election (~10 s)
-  # and then refuses volume growth for a 15 s warm-up; tests never need data from a previous run.
-  if [[ "${INVAD_S3_KEEP_DATA:-0}" != 1 ]]; then rm -rf "$wd/data"; fi
-  # unix sockets weed puts in /tmp, named by port; a SIGKILLed weed leaves them behind
-  rm -f "/tmp/seaweedfs-s3-$S3_PORT.sock" "/tmp/seaweedfs-filer-$WEED_FILER_PORT.sock" \
-        "/tmp/seaweedfs-master-grpc-$((WEED_MASTER_PORT + 10000)).sock" \
-        "/tmp/seaweedfs-volume-grpc-$((WEED_VOLUME_PORT + 10000)).sock" \
-        "/tmp/seaweedfs-filer-grpc-$((WEED_FILER_PORT + 10000)).sock" \
-        "/tmp/seaweedfs-s3-grpc-$((S3_PORT + 10000)).sock"
-  mkdir -p "$wd/data"
-  cat >"$wd/s3.json" <<EOF
-{
-  "identities": [
-    {
-      "name": "invad-test",
-      "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
-      "actions": ["Admin", "Read", "Write", "List", "Tagging"]
-    }
-  ]
 }
-EOF
-  # `cd` so that anything weed writes relative to the cwd lands in the run dir
-  launch seaweedfs "$logf" bash -c 'cd "$1" && shift && exec "$@"' _ "$wd" \
-    "$bin" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$wd/data" \
-    -master.port="$WEED_MASTER_PORT" -master.port.grpc=$((WEED_MASTER_PORT + 10000)) \
-    -master.volumeSizeLimitMB=64 -master.telemetry=false -master.defaultReplication=000 \
-    -volume.port="$WEED_VOLUME_PORT" -volume.port.grpc=$((WEED_VOLUME_PORT + 10000)) -volume.max=0 \
-    -volume.preStopSeconds=1 \
-    -filer -filer.port="$WEED_FILER_PORT" -filer.port.grpc=$((WEED_FILER_PORT + 10000)) \
-    -s3 -s3.port="$S3_PORT" -s3.port.grpc=$((S3_PORT + 10000)) -s3.port.iceberg=0 -s3.port.lance=0 \
-    -s3.config="$wd/s3.json" -s3.autoCreateBucket=false
-  STARTED+=(seaweedfs)
+
+check_s3_keys() { # the keys go into a Java properties file and a curl --user argument unescaped
+  local name value
+  for name in S3_ACCESS_KEY S3_SECRET_KEY; do
+    value="${!name}"
+    [[ "$value" =~ ^[A-Za-z0-9._+/=-]+$ ]] || die "s3proxy: INVAD_TEST_$name: S3 keys for the local" \
+      "server may only contain letters, digits and . _ + / = - (got '$value')"
+  done
+}
+
+write_s3proxy_config() { # $1 = s3proxy run dir
+  local sd="$1"
+  cat >"$(s3proxy_conf)" <<EOC
+# generated by scripts/services.sh; S3 API on loopback, SigV2/SigV4 auth, objects as files under data/
+s3proxy.endpoint=http://127.0.0.1:$S3_PORT
+s3proxy.authorization=aws-v2-or-v4
+s3proxy.identity=$S3_ACCESS_KEY
+s3proxy.credential=$S3_SECRET_KEY
+jclouds.provider=filesystem-nio2
+jclouds.filesystem.basedir=$sd/data
+EOC
+  # without a configuration logback logs everything at DEBUG (Jetty's wiring, every request)
+  cat >"$sd/logback.xml" <<'EOC'
+<configuration>
+  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>[%d] %level %msg \(%logger{20}\)%n</pattern></encoder>
+  </appender>
+  <logger name="org.gaul.shaded.org.eclipse.jetty" level="WARN"/>
+  <root level="INFO"><appender-ref ref="OUT"/></root>
+</configuration>
+EOC
+}
+
+adopt_s3proxy() {
+  # our server for this run dir may be up with its pid file gone (deleted run state, a start killed
+  # half-way): recognised by its configuration path, it gets its pid file back, so that start reuses
+  # it instead of reporting a port clash, and status and stop see it
+  local conf pid
+  conf="$(s3proxy_conf)"
+  if ! pid_alive "$RUN_DIR/s3proxy.pid" "$conf"; then
+    pid="$(find_pid "$conf" org.gaul.s3proxy.Main)"
+    if [[ -n "$pid" ]]; then mkdir -p "$RUN_DIR" && echo "$pid" >"$RUN_DIR/s3proxy.pid"; fi
+  fi
+}
+
+start_s3() {
+  local sd="$RUN_DIR/s3proxy" pidf="$RUN_DIR/s3proxy.pid" logf="$LOG_DIR/s3proxy.log" conf jar
+  conf="$(s3proxy_conf)"
+  check_s3_keys
+  adopt_s3proxy
+  if pid_alive "$pidf" "$conf"; then
+    if ! grep -qxF "s3proxy.endpoint=http://127.0.0.1:$S3_PORT" "$conf" \
+       || ! grep -qxF "s3proxy.identity=$S3_ACCESS_KEY" "$conf" || ! grep -qxF "s3proxy.credential=$S3_SECRET_KEY" "$conf"; then
+      die "s3proxy: already running (pid $(cat "$pidf")) with another port or keys ($conf);" \
+          "run: $0 stop, then start again"
+    fi
+    log "s3proxy: already running (pid $(cat "$pidf"))"
+    WAIT+=(s3proxy)
+    return
+  fi
+  jar="$(s3proxy_jar)"
+  [[ -f "$(dirname "$jar")/.complete" ]] || die "s3proxy: not installed ($jar); run: $0 install"
+  command -v java >/dev/null || die "s3proxy: java not found"
+  check_port_free s3proxy "$S3_PORT"
+  # a fresh store on every start: tests never need objects from a previous run
+  if [[ "${INVAD_S3_KEEP_DATA:-0}" != 1 ]]; then rm -rf "$sd/data"; fi
+  mkdir -p "$sd/data"
+  write_s3proxy_config "$sd"
+  # -Xmx: s3proxy holds a SigV4-signed single-part upload in memory to check its hash
+  launch s3proxy "$logf" java -Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData \
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true -Dlogback.configurationFile="$sd/logback.xml" \
+    -cp "$jar" org.gaul.s3proxy.Main --properties "$conf"
+  WAIT+=(s3proxy)
 }
 
 s3_probe() { # one signed S3 round trip: create bucket, put, get, delete object and bucket
+  # an explicit Content-Type: with curl's default (a form) the server reads the body as query
+  # parameters, and the signature it computes then differs from curl's
   local sig=(--aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY"
-             -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -s -m 5 -o /dev/null -w '%{http_code}')
+             -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -H "Content-Type: application/octet-stream"
+             -s -m 5 -o /dev/null -w '%{http_code}')
   local url="http://127.0.0.1:$S3_PORT/invad-readiness-probe"
   [[ "$(curl "${sig[@]}" -X PUT "$url")" =~ ^(200|409)$ ]] || return 1
   [[ "$(curl "${sig[@]}" -X PUT --data-binary ready "$url/probe")" == 200 ]] || return 1
@@ -396,19 +437,15 @@ s3_probe() { # one signed S3 round trip: create bucket, put, get, delete object 
 }
 
 wait_s3() {
-  local pidf="$RUN_DIR/seaweedfs.pid" logf="$LOG_DIR/seaweedfs.log" t0 code
+  local pidf="$RUN_DIR/s3proxy.pid" logf="$LOG_DIR/s3proxy.log" conf t0
+  conf="$(s3proxy_conf)"
   t0=$(now)
-  # 1) the S3 port answers HTTP; 2) a signed write goes through: the filer has registered with the
-  # master (S3 writes take a filer lock) and the master grows volumes (first ~8-10 s after boot)
-  while :; do
-    pid_alive "$pidf" weed || fail_start seaweedfs "$logf" "process exited"
-    (($(now) - t0 < S3_START_TIMEOUT)) || fail_start seaweedfs "$logf" \
-      "S3 gateway on 127.0.0.1:$S3_PORT not answering a signed PUT/GET after ${S3_START_TIMEOUT}s"
-    code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$S3_PORT/" 2>/dev/null || true)"
-    if [[ "$code" =~ ^[1-5][0-9][0-9]$ ]] && s3_probe; then
-      break
-    fi
-    sleep 0.5
+  # the port accepts connections once Jetty listens; then a signed write must go through
+  until port_open "$S3_PORT" && s3_probe; do
+    pid_alive "$pidf" "$conf" || fail_start s3proxy "$logf" "process exited"
+    (($(now) - t0 < S3_START_TIMEOUT)) || fail_start s3proxy "$logf" \
+      "S3 on 127.0.0.1:$S3_PORT not answering a signed PUT/GET after ${S3_START_TIMEOUT}s"
+    sleep 0.3
   done
 }
 
@@ -431,19 +468,19 @@ cmd_start() {
   S3_ACCESS_KEY="${INVAD_TEST_S3_ACCESS_KEY:-$S3_ACCESS_KEY_DEFAULT}"
   S3_SECRET_KEY="${INVAD_TEST_S3_SECRET_KEY:-$S3_SECRET_KEY_DEFAULT}"
   S3_REGION="${INVAD_TEST_S3_REGION:-us-east-1}"
-  STARTED=()
+  WAIT=()  # what this script runs: just launched or already up, each is checked for readiness
   local t0
   t0=$(now)
   # launch everything first, then wait: the three boot in parallel
   if [[ -n "${INVAD_TEST_REDIS_URL:-}" ]]; then log "redis: using INVAD_TEST_REDIS_URL=$INVAD_TEST_REDIS_URL"; else start_redis; fi
   if [[ -n "${INVAD_TEST_KAFKA:-}" ]]; then log "kafka: using INVAD_TEST_KAFKA=$INVAD_TEST_KAFKA"; else start_kafka; fi
-  if [[ -n "${INVAD_TEST_S3_ENDPOINT:-}" ]]; then log "seaweedfs: using INVAD_TEST_S3_ENDPOINT=$INVAD_TEST_S3_ENDPOINT"; else start_s3; fi
+  if [[ -n "${INVAD_TEST_S3_ENDPOINT:-}" ]]; then log "s3proxy: using INVAD_TEST_S3_ENDPOINT=$INVAD_TEST_S3_ENDPOINT"; else start_s3; fi
   local s
-  for s in "${STARTED[@]}"; do
+  for s in "${WAIT[@]}"; do
     case "$s" in
       redis) wait_redis; log "redis: ready on 127.0.0.1:$REDIS_PORT (pid $(cat "$RUN_DIR/redis.pid"), $(($(now) - t0)) s)" ;;
       kafka) wait_kafka; log "kafka: ready on 127.0.0.1:$KAFKA_PORT (pid $(cat "$RUN_DIR/kafka.pid"), $(($(now) - t0)) s)" ;;
-      seaweedfs) wait_s3; log "seaweedfs: S3 ready on 127.0.0.1:$S3_PORT (pid $(cat "$RUN_DIR/seaweedfs.pid"), $(($(now) - t0)) s)" ;;
+      s3proxy) wait_s3; log "s3proxy: S3 ready on 127.0.0.1:$S3_PORT (pid $(cat "$RUN_DIR/s3proxy.pid"), $(($(now) - t0)) s)" ;;
     esac
   done
   write_env
@@ -477,11 +514,8 @@ stop_one() { # $1 = name, $2 = expected word in its command line, $3 = grace sec
 }
 
 cmd_stop() {
-  # SeaweedFS's own shutdown takes ~18 s (its filer retries a metadata flush after the volume server
-  # is gone); its data is wiped on the next start anyway, so it only gets a short grace period.
-  local weed_grace=5
-  [[ "${INVAD_S3_KEEP_DATA:-0}" != 1 ]] || weed_grace=30
-  stop_one seaweedfs weed "$weed_grace" &
+  adopt_s3proxy
+  stop_one s3proxy "$(s3proxy_conf)" 10 &
   stop_one kafka kafka.Kafka 30 &
   stop_one redis redis-server 10 &
   wait
@@ -500,9 +534,10 @@ cmd_status() {
       echo "$1: stopped"
     fi
   }
+  adopt_s3proxy
   status_line kafka kafka.Kafka INVAD_TEST_KAFKA "127.0.0.1:$KAFKA_PORT"
   status_line redis redis-server INVAD_TEST_REDIS_URL "127.0.0.1:$REDIS_PORT"
-  status_line seaweedfs weed INVAD_TEST_S3_ENDPOINT "127.0.0.1:$S3_PORT (S3)"
+  status_line s3proxy "$(s3proxy_conf)" INVAD_TEST_S3_ENDPOINT "127.0.0.1:$S3_PORT (S3)"
 }
 
 cmd_env() {

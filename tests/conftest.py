@@ -35,18 +35,51 @@ def texture_category(tmp_path_factory) -> Path:
     return write_mvtec_category(tmp_path_factory.mktemp("data") / "texture", n_train=80, size=TINY_IMAGE_SIZE)
 
 
+def _cached_bundle(name: str, make) -> Path:
+    """The bundle ``make(out)`` trains, reused across test sessions while the code that trains it is
+    unchanged: keyed by the sources of worker/core, the test data generator, this file, and the torch
+    and diffusers versions. Training it
+    costs minutes on 2 cores, and every developer's pytest run would pay them again."""
+    import hashlib
+    import os
+    import shutil
+
+    import diffusers
+    import torch
+
+    digest = hashlib.sha256(f"{name}|{torch.__version__}|{diffusers.__version__}".encode())
+    here = Path(__file__).parent
+    for source in [*sorted((here.parent / "worker" / "core").rglob("*.py")), here / "synthetic.py", here / "conftest.py"]:
+        digest.update(source.read_bytes())
+    cache = Path(os.environ.get("INVAD_CACHE", Path.home() / ".cache" / "invad")) / "test-bundles"
+    final = cache / f"{name}-{digest.hexdigest()[:16]}"
+    if not (final / ".complete").exists():
+        building = cache / f".{final.name}.{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        make(building)
+        (building / ".complete").touch()
+        shutil.rmtree(final, ignore_errors=True)
+        building.rename(final)
+    return final
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, texture_category) -> Path:
     """A real detector bundle: Lite0 features at 128 px, a small denoiser trained for a few hundred steps,
-    calibrated on 24 held-out normals."""
+    calibrated on 24 held-out normals (cached across sessions, see _cached_bundle)."""
+    import shutil
+
     from worker.core.config import DetectorConfig
     from worker.core.train import TrainConfig, train
 
+    def make(out: Path) -> None:
+        train([texture_category], out, DetectorConfig(name="tiny", image_size=TINY_IMAGE_SIZE),
+              TrainConfig(iterations=300, batch_size=16, width=32, num_blocks=2, kernel_size=3, warmup=20,
+                          checkpoint_every=1000, calib_fraction=0.3),
+              progress=False)
+
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    train([texture_category], out, DetectorConfig(name="tiny", image_size=TINY_IMAGE_SIZE),
-          TrainConfig(iterations=300, batch_size=16, width=32, num_blocks=2, kernel_size=3, warmup=20,
-                      checkpoint_every=1000, calib_fraction=0.3),
-          progress=False)
+    shutil.copytree(_cached_bundle("tiny", make), out, ignore=shutil.ignore_patterns(".complete"))
     return out
 
 

@@ -97,24 +97,42 @@ def test_unknown_product_is_refused(detector, test_images):
 
 
 def test_class_conditional_bundle(tmp_path):
+    """Two products in one bundle; F1-max thresholds from a validation set scored with each image's class."""
     from synthetic import write_mvtec_category
     from worker.core.config import DetectorConfig
+    from worker.core.data import test_samples
+    from worker.core.evaluate import evaluate_path
+    from worker.core.images import load_image
+    from worker.core.scoring import threshold_f1_max
     from worker.core.train import TrainConfig, train
 
     a = write_mvtec_category(tmp_path / "alpha", n_train=12, size=64, seed=1)
     b = write_mvtec_category(tmp_path / "beta", n_train=12, size=64, seed=2)
+    validation = tmp_path / "validation"
+    write_mvtec_category(validation / "alpha", n_train=0, n_good=6, n_bad=6, size=64, seed=3)
+    write_mvtec_category(validation / "beta", n_train=0, n_good=6, n_bad=6, size=64, seed=4)
     detector, summary = train([a, b], tmp_path / "unified", DetectorConfig(image_size=64),
                               TrainConfig(iterations=20, batch_size=8, width=16, num_blocks=1, warmup=5),
-                              progress=False)
+                              validation=validation, progress=False)
     assert detector.classes == ("alpha", "beta")
     assert detector.denoiser.config.num_classes == 2
     assert set(summary["calibration"]) == {"alpha", "beta"}
+    assert all("validation_f1" in summary["calibration"][name] for name in ("alpha", "beta"))
     loaded = Detector.from_pretrained(tmp_path / "unified", "cpu")
+    for name in ("alpha", "beta"):  # each threshold is F1-max over its own class's images, scored as that class
+        samples = [s for s in test_samples(validation, loaded.classes) if s.cls == name]
+        scores = loaded.predict([load_image(s.path) for s in samples], [name] * len(samples)).pred_score
+        expected, _ = threshold_f1_max(scores, np.array([s.label for s in samples]))
+        assert loaded.thresholds[loaded.classes.index(name)].item() == pytest.approx(expected, abs=1e-3)
     images, _ = make_texture_images(2, size=64)
     result = loaded.predict(images, ["alpha", "beta"])
     assert result.threshold.tolist() == pytest.approx(loaded.thresholds.tolist())
     with pytest.raises(ValueError, match="several products"):
         loaded.predict(images)
+    report = evaluate_path(loaded, str(validation), progress=False)
+    assert report["n_images"] == 24 and report["pixel_auroc"] is not None
+    with pytest.raises(ValueError, match="lacks"):
+        evaluate_path(loaded, str(validation / "alpha"), progress=False)
 
 
 def test_training_is_reproducible_and_resumable(tmp_path, texture_category):

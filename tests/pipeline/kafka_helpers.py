@@ -36,6 +36,7 @@ class KafkaEnv:
     group: str = field(default_factory=lambda: unique("group"))
     prefix: str = field(default_factory=lambda: unique("p"))
     bucket: str = field(default_factory=lambda: unique("bucket").lower())
+    dlq_configs: dict[str, str] = field(default_factory=dict)  # topic configs of the DLQ (max.message.bytes, ...)
 
     @property
     def dlq(self) -> str:
@@ -44,7 +45,8 @@ class KafkaEnv:
     def setup(self) -> "KafkaEnv":
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
         admin.create_topics({self.topic: {"num_partitions": self.partitions, "replication_factor": 1},
-                             self.dlq: {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
+                             self.dlq: {"num_partitions": 1, "replication_factor": 1, "configs": self.dlq_configs}},
+                            wait_for_metadata=True)
         admin.close()
         self.s3_client().create_bucket(Bucket=self.bucket)
         return self

@@ -37,7 +37,7 @@ def make_client(*, endpoint: str | None = None, region: str | None = None, acces
     """A boto3 S3 client; nothing connects until the first call.
 
     Args:
-        endpoint: e.g. "http://127.0.0.1:8333" for an S3-compatible store (then path-style addressing,
+        endpoint: e.g. "http://127.0.0.1:18333" for the test s3proxy (then path-style addressing,
             since such stores on a host:port rarely resolve virtual-host bucket names); None for AWS.
         region: default AWS_REGION, then AWS_DEFAULT_REGION, then "us-east-1".
         timeout_s: read timeout of one attempt (the connect timeout is at most 5 s).
@@ -45,8 +45,8 @@ def make_client(*, endpoint: str | None = None, region: str | None = None, acces
         pool_size: connections kept for concurrent calls.
 
     Checksums are computed only when an operation requires them: boto3 >= 1.36 otherwise sends CRC32
-    trailers that several S3-compatible stores (SeaweedFS, older MinIO, lakeFS) store as part of the
-    object or reject.
+    trailers that several S3-compatible stores (SeaweedFS, s3proxy before 4.0, older MinIO, lakeFS)
+    store as part of the object or reject.
     """
     config = Config(
         connect_timeout=min(timeout_s, 5.0),

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from efficientnet_lite_pytorch import EfficientNet
+from safetensors.torch import load_file
 from torch import nn
 
 LITE_NAMES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3",
@@ -34,13 +36,11 @@ class BackboneWeightsError(ValueError):
 def _build(name: str) -> tuple[nn.Module, list[nn.Module]]:
     """The full architecture of ``name`` (random weights) and the flattened units sharing its modules."""
     if name in LITE_NAMES:
-        from efficientnet_lite_pytorch import EfficientNet
-
         model = EfficientNet.from_name(name)
         model.set_swish(memory_efficient=False)  # the memory-efficient variant is a custom autograd op
         return model, [nn.Sequential(model._conv_stem, model._bn0, model._swish), *model._blocks]
     if name in TORCHVISION_NAMES:
-        import torchvision
+        import torchvision  # only these two backbones need it, and it adds seconds to every worker start
 
         model = getattr(torchvision.models, name)(weights=None)
         if name.startswith("efficientnet"):
@@ -76,8 +76,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                                    "with --backbone-weights")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -18,9 +18,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from .data import DatasetLayoutError, elpv_split
 from .detector import Detector
-from .images import decode_image
+from .images import decode_image, load_image
 from .scoring import upsample_map
 
 
@@ -157,12 +159,7 @@ def ratio_summary(rows: list[dict], steps: int) -> list[dict]:
 def bench_images(n: int, size: int, seed: int = 0):
     """Benchmark inputs: ELPV cells when the package is installed, else generated textures."""
     try:
-        from .data import elpv_split
-        from .images import load_image
-
         return [load_image(s.path) for s in elpv_split()[1][:n]]
-    except Exception:
+    except DatasetLayoutError:  # the elpv-dataset package is not installed
         rng = np.random.default_rng(seed)
-        from PIL import Image
-
         return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]

@@ -7,24 +7,32 @@
       denoiser/diffusion_pytorch_model.safetensors
       scheduler/scheduler_config.json   the training noise schedule (diffusers DDIMScheduler)
 
-A bundle is written to a temporary sibling folder and renamed into place, so readers never see a
-partial one. Anything missing, corrupt or of a newer format is refused with a message naming the file.
+This module reads and writes the format; assembling a detector from it is
+:meth:`worker.core.detector.Detector.from_pretrained`'s job. Anything missing, corrupt or of a newer
+format is refused with a message naming the file.
+
+Replacing a bundle never leaves a moment without one: the new bundle is written to a temporary
+sibling folder, the old one is renamed aside (``.NAME.old``), the new one renamed into place, and only
+then the old one deleted. A reader that finds ``NAME`` missing (a writer stopped between its two
+renames) loads the aside copy, and the next save finishes the replacement.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .backbone import FeatureExtractor
 from .config import FORMAT_VERSION, DetectorConfig
 from .denoiser import FeatureDenoiser
 from .inversion import make_scheduler
@@ -37,9 +45,24 @@ SCHEDULER_DIR = "scheduler"
 REQUIRED = (CONFIG_FILE, TENSORS_FILE, f"{DENOISER_DIR}/config.json", f"{DENOISER_DIR}/{DENOISER_WEIGHTS}",
             f"{SCHEDULER_DIR}/scheduler_config.json")
 
+log = logging.getLogger("invad.core.bundle")
+
 
 class BundleError(ValueError):
     """A bundle that cannot be loaded: missing, partial, corrupt or of an unsupported format."""
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything one bundle folder holds, validated; ``folder`` is where it was actually read."""
+
+    folder: Path
+    config: DetectorConfig
+    tensors: dict[str, torch.Tensor]  # state-dict keys of the detector, less its denoiser
+    denoiser: FeatureDenoiser
+    scheduler_config: dict
+    alphas_cumprod: torch.Tensor  # (T,)
+    version: str
 
 
 def _read_json(path: Path) -> dict:
@@ -62,29 +85,25 @@ def bundle_version(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def save_bundle(detector, path: str | os.PathLike) -> None:
-    if not torch.isfinite(detector.thresholds).all() or not torch.isfinite(detector.calib_std).all():
-        raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal images "
-                          "before saving, e.g. with worker.core.train.calibrate")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        (staging / CONFIG_FILE).write_text(json.dumps(detector.config.to_dict(), indent=2) + "\n")
-        tensors = {name: buffer.detach().cpu().contiguous() for name, buffer in detector.named_buffers()
-                   if not name.startswith(("extractor.", "denoiser."))}
-        tensors.update({f"extractor.{k}": v.detach().cpu().contiguous()
-                        for k, v in detector.extractor.state_dict().items()})
-        save_file(tensors, str(staging / TENSORS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        detector.denoiser.save_pretrained(staging / DENOISER_DIR, safe_serialization=True)
-        make_scheduler(**_schedule_args(detector.scheduler_config)).save_pretrained(staging / SCHEDULER_DIR)
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    detector.version = bundle_version(path)
+def aside_path(path: Path) -> Path:
+    """Where a save keeps the previous bundle while it renames the new one in."""
+    return path.with_name(f".{path.name}.old")
+
+
+def _complete(folder: Path) -> bool:
+    return folder.is_dir() and all((folder / name).is_file() for name in REQUIRED)
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Make ``staging`` the bundle at ``path``; at every instant ``path`` or its aside is a whole bundle."""
+    aside = aside_path(path)
+    if path.exists():
+        if aside.exists():  # left by an earlier save that stopped after its new bundle was in place
+            shutil.rmtree(aside)
+        os.rename(path, aside)
+    # Between these two renames only the aside copy exists: load_bundle reads it.
+    os.rename(staging, path)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _schedule_args(scheduler_config: dict) -> dict:
@@ -92,52 +111,94 @@ def _schedule_args(scheduler_config: dict) -> dict:
     return {k: scheduler_config[k] for k in keys if k in scheduler_config}
 
 
-def load_bundle(path: str | os.PathLike, device: torch.device):
-    from .detector import Detector
+def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[str, torch.Tensor],
+                denoiser: FeatureDenoiser, scheduler_config: dict) -> str:
+    """Write a bundle folder at ``path``, replacing any bundle there (see the module docstring).
 
+    ``tensors``: the detector's state dict less the denoiser (fitted statistics, backbone weights).
+    Returns the new bundle's version.
+    """
     path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"model bundle {path} does not exist or is not a folder; train one with `invad train`")
-    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    aside = aside_path(path)
+    try:
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+        save_file(cpu, str(staging / TENSORS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        denoiser.save_pretrained(staging / DENOISER_DIR, safe_serialization=True)
+        make_scheduler(**_schedule_args(scheduler_config)).save_pretrained(staging / SCHEDULER_DIR)
+        _swap_in(staging, path)
+    except BaseException:
+        if not path.exists() and _complete(aside):  # the new one could not be renamed in: put the old back
+            os.rename(aside, path)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return bundle_version(path)
+
+
+def _bundle_folder(path: Path) -> Path:
+    """``path``, or its aside copy when a save stopped between its two renames."""
+    if path.is_dir():
+        return path
+    aside = aside_path(path)
+    if _complete(aside):
+        log.warning("bundle %s is missing but its previous version %s is complete (a save was interrupted): "
+                    "loading that; the next save of %s finishes the replacement", path, aside, path)
+        return aside
+    raise BundleError(f"model bundle {path} does not exist or is not a folder; train one with `invad train`")
+
+
+def load_bundle(path: str | os.PathLike) -> BundleContents:
+    """Read and validate the bundle at ``path`` (on the CPU).
+
+    Raises:
+        BundleError: the folder is missing or incomplete, a file is corrupt, or its format is newer
+            than this code supports; the message names the file.
+    """
+    folder = _bundle_folder(Path(path))
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
-        raise BundleError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
-    raw = _read_json(path / CONFIG_FILE)
+        raise BundleError(f"bundle {folder} is incomplete: missing {', '.join(missing)}")
+    raw = _read_json(folder / CONFIG_FILE)
     version = raw.get("format_version")
     if not isinstance(version, int):
-        raise BundleError(f"{path / CONFIG_FILE} has no integer format_version")
+        raise BundleError(f"{folder / CONFIG_FILE} has no integer format_version")
     if version > FORMAT_VERSION:
-        raise BundleError(f"bundle {path} has format {version}, newer than this invad supports "
+        raise BundleError(f"bundle {folder} has format {version}, newer than this invad supports "
                           f"({FORMAT_VERSION}); upgrade invad to load it")
     try:
         config = DetectorConfig.from_dict(raw)
     except (TypeError, ValueError) as error:
-        raise BundleError(f"{path / CONFIG_FILE} is invalid: {error}") from error
-    scheduler_config = _read_json(path / SCHEDULER_DIR / "scheduler_config.json")
+        raise BundleError(f"{folder / CONFIG_FILE} is invalid: {error}") from error
+    scheduler_config = _read_json(folder / SCHEDULER_DIR / "scheduler_config.json")
     try:
-        tensors = load_file(str(path / TENSORS_FILE))
+        tensors = load_file(str(folder / TENSORS_FILE))
     except (SafetensorError, OSError, ValueError) as error:
-        raise BundleError(f"{path / TENSORS_FILE} is corrupt: {error}") from error
+        raise BundleError(f"{folder / TENSORS_FILE} is corrupt: {error}") from error
     try:
-        denoiser = FeatureDenoiser.from_pretrained(str(path / DENOISER_DIR), local_files_only=True,
+        denoiser = FeatureDenoiser.from_pretrained(str(folder / DENOISER_DIR), local_files_only=True,
                                                    low_cpu_mem_usage=False)
     except Exception as error:  # diffusers raises OSError, ValueError, SafetensorError, ...
-        raise BundleError(f"{path / DENOISER_DIR} cannot be loaded: {error}") from error
-    extractor = FeatureExtractor(config.backbone_spec)
-    schedule = make_scheduler(**_schedule_args(scheduler_config))
-    detector = Detector(config, extractor, denoiser, schedule.alphas_cumprod, scheduler_config)
-    state = {k: v for k, v in tensors.items()}
-    expected = set(detector.state_dict()) - {k for k in detector.state_dict() if k.startswith("denoiser.")}
-    missing_keys = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing_keys or unexpected:
-        raise BundleError(f"{path / TENSORS_FILE} does not match {CONFIG_FILE}: missing {missing_keys[:5]}, "
+        raise BundleError(f"{folder / DENOISER_DIR} cannot be loaded: {error}") from error
+    alphas_cumprod = make_scheduler(**_schedule_args(scheduler_config)).alphas_cumprod
+    return BundleContents(folder, config, tensors, denoiser, scheduler_config, alphas_cumprod,
+                          bundle_version(folder))
+
+
+def restore_tensors(module: nn.Module, contents: BundleContents, skip_prefix: str) -> None:
+    """Load ``contents.tensors`` into ``module``, whose state-dict keys under ``skip_prefix`` are not in them.
+
+    Raises:
+        BundleError: a key is missing or unexpected, or a tensor has the wrong shape.
+    """
+    source = contents.folder / TENSORS_FILE
+    expected = {k for k in module.state_dict() if not k.startswith(skip_prefix)}
+    missing, unexpected = sorted(expected - set(contents.tensors)), sorted(set(contents.tensors) - expected)
+    if missing or unexpected:
+        raise BundleError(f"{source} does not match {CONFIG_FILE}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}")
     try:
-        detector.load_state_dict(state, strict=False)
+        module.load_state_dict(contents.tensors, strict=False)
     except RuntimeError as error:
-        raise BundleError(f"{path / TENSORS_FILE} has tensors of the wrong shape: {error}") from error
-    detector.version = bundle_version(path)
-    detector.to(device)
-    if device.type == "cuda":
-        detector.extractor.to(memory_format=torch.channels_last)
-    return detector.eval()
+        raise BundleError(f"{source} has tensors of the wrong shape: {error}") from error

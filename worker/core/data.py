@@ -13,12 +13,13 @@ ELPV (``elpv-dataset`` on PyPI, 2,624 cells): cells labelled 0.0 are normal, 1.0
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from worker.common.imagefiles import IMAGE_EXTENSIONS, list_image_files
+from .imagefiles import IMAGE_EXTENSIONS, list_image_files
 
 ELPV = "elpv"
 ELPV_TRAIN_FRACTION = 0.6
@@ -95,7 +96,7 @@ def mvtec_test_set(category: str | os.PathLike, cls: str = "default") -> list[Sa
 
 def elpv_root() -> Path:
     try:
-        import elpv_dataset
+        import elpv_dataset  # an optional extra (pip install invad[elpv]): only `elpv` data needs it
     except ImportError as error:
         raise DatasetLayoutError("the ELPV data set needs the elpv-dataset package: pip install elpv-dataset") from error
     return Path(elpv_dataset.__file__).parent / "data"
@@ -115,8 +116,22 @@ def elpv_split() -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
-def test_samples(data: str | os.PathLike) -> list[Sample]:
-    """Labelled test samples for ``invad eval``: ``elpv`` or an MVTec AD category folder."""
-    if str(data) == ELPV:
-        return elpv_split()[1]
-    return mvtec_test_set(data)
+def test_samples(data: str | os.PathLike, classes: Sequence[str] = ("default",)) -> list[Sample]:
+    """Labelled samples of a bundle's ``classes``, each tagged with its class (``Sample.cls``).
+
+    One class: ``data`` is ``elpv`` or an MVTec AD category. Several (a class-conditional bundle):
+    ``data`` holds one MVTec AD category per class, named like the class (``DATA/<class>/test/...``).
+
+    Raises:
+        DatasetLayoutError: a class has no category folder, or a category is not in the MVTec layout.
+    """
+    if len(classes) == 1:
+        samples = elpv_split()[1] if str(data) == ELPV else mvtec_test_set(data)
+        return [replace(s, cls=classes[0]) for s in samples]
+    root = Path(data)
+    missing = [name for name in classes if not (root / name).is_dir()]
+    if str(data) == ELPV or missing:
+        raise DatasetLayoutError(f"labelled data for a bundle of classes {list(classes)} is one folder holding an "
+                                 f"MVTec AD category per class, named like the class; {data} lacks "
+                                 f"{', '.join(str(root / name) for name in missing or classes)}")
+    return [sample for name in classes for sample in mvtec_test_set(root / name, name)]

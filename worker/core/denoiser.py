@@ -1,8 +1,10 @@
 """The noise predictor eps_theta(x_t, t [, class]) on the feature grid.
 
-A residual conv net on (B, C, g, g) features: no down-sampling (the grid is already 16 x 16), each
-block conditioned on the timestep (and optionally the product class) through a scale and shift of its
-normalised activations, as in the ADM/DiT "adaptive norm" conditioning. Built on diffusers'
+Residual blocks on (B, C, g, g) features without down-sampling (the grid is already 16 x 16), each
+conditioned on the timestep (and optionally the product class) through a scale and shift of its
+normalised activations, as in the ADM/DiT "adaptive norm" conditioning. The block's kernel size sets
+what a position sees: 1 (the default) makes a per-position MLP, i.e. a DiT with patch size 1 without
+attention; 3 or 5 a conv net over neighbouring positions. Built on diffusers'
 ``ModelMixin``/``ConfigMixin`` so ``save_pretrained``/``from_pretrained`` write config JSON plus
 safetensors.
 """
@@ -15,6 +17,13 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+# The default shape, used by training too. On ELPV (scripts/elpv_sweep.py, 200 training cells) this
+# per-position MLP beat a 3x3 conv net of width 128 (image AUROC 0.806 vs 0.785 at S = 3) at fewer
+# FLOPs per position.
+DEFAULT_WIDTH = 256
+DEFAULT_BLOCKS = 4
+DEFAULT_KERNEL_SIZE = 1
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -54,16 +63,16 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         in_channels: feature channels C.
         width: hidden channels.
         num_blocks: residual blocks.
-        kernel_size: 1 makes it a per-position MLP (DiT with patch size 1 without attention); 3 lets
-            each position see its neighbours.
+        kernel_size: 1 (default) makes it a per-position MLP; 3 or 5 lets each position see its
+            neighbours.
         num_classes: 0 for an unconditional model; N for N product classes.
     """
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, in_channels: int, width: int = 256, num_blocks: int = 4, kernel_size: int = 3,
-                 num_classes: int = 0, time_embed_dim: int = 128):
+    def __init__(self, in_channels: int, width: int = DEFAULT_WIDTH, num_blocks: int = DEFAULT_BLOCKS,
+                 kernel_size: int = DEFAULT_KERNEL_SIZE, num_classes: int = 0, time_embed_dim: int = 128):
         super().__init__()
         if in_channels < 1 or width < 8 or num_blocks < 1 or kernel_size not in (1, 3, 5):
             raise ValueError(f"bad denoiser shape: in_channels={in_channels}, width={width}, "

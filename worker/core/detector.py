@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from .backbone import FeatureExtractor
+from .bundle import BundleError, load_bundle, restore_tensors, save_bundle
 from .config import DetectorConfig
 from .denoiser import FeatureDenoiser
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
@@ -217,13 +218,31 @@ class Detector(nn.Module):
     # -- bundles --------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, device: str | torch.device | None = None) -> "Detector":
-        """Load a bundle folder written by :meth:`save_pretrained` (see :mod:`worker.core.bundle`)."""
-        from .bundle import load_bundle
+        """Load a bundle folder written by :meth:`save_pretrained` (see :mod:`worker.core.bundle`).
 
-        return load_bundle(path, select_device(device))
+        Raises:
+            BundleError: the bundle is missing, incomplete, corrupt or of a newer format.
+        """
+        torch_device = select_device(device)
+        contents = load_bundle(path)
+        extractor = FeatureExtractor(contents.config.backbone_spec)
+        detector = cls(contents.config, extractor, contents.denoiser, contents.alphas_cumprod,
+                       contents.scheduler_config)
+        restore_tensors(detector, contents, skip_prefix="denoiser.")
+        detector.version = contents.version
+        detector.to(torch_device)
+        if torch_device.type == "cuda":
+            detector.extractor.to(memory_format=torch.channels_last)
+        return detector.eval()
 
     def save_pretrained(self, path) -> None:
-        """Write this detector as a bundle folder, atomically (a crash leaves no partial bundle)."""
-        from .bundle import save_bundle
+        """Write this detector as a bundle folder; a crash at any point leaves the old or the new bundle.
 
-        save_bundle(self, path)
+        Raises:
+            BundleError: the detector is not calibrated yet (non-finite thresholds).
+        """
+        if not torch.isfinite(self.thresholds).all() or not torch.isfinite(self.calib_std).all():
+            raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal "
+                              "images before saving, e.g. with worker.core.train.calibrate")
+        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("denoiser.")}
+        self.version = save_bundle(path, self.config, tensors, self.denoiser, self.scheduler_config)

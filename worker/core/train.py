@@ -2,17 +2,16 @@
 
 1. split each class's normal images into a training and a held-out calibration part (seeded);
 2. extract frozen backbone features once, fit per-channel standardisation on the training part;
-3. train the denoiser with the DDPM noise-prediction loss (AdamW, warmup + cosine, EMA weights,
-   checkpoints that ``resume`` continues from);
+3. train the denoiser with the DDPM noise-prediction loss (AdamW, diffusers' warmup + cosine schedule
+   and EMA of the weights, checkpoints that ``resume`` continues from bit for bit);
 4. fit per-position latent statistics and the Gaussian baseline on the training part;
 5. calibrate the score on the held-out normals (threshold at a target false-positive rate), or on a
-   labelled validation set (F1-max), and save the bundle.
+   labelled validation set (F1-max, each image scored as its own class), and save the bundle.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -23,12 +22,15 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .backbone import pretrained_extractor
 from .config import DetectorConfig
-from .denoiser import FeatureDenoiser
+from .data import normal_training_images, test_samples
+from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, FeatureDenoiser
 from .detector import Detector, select_device
 from .images import load_image
 from .inversion import make_scheduler, q_sample
@@ -37,12 +39,7 @@ from .scoring import fit_standardiser, threshold_at_fpr, threshold_f1_max
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and denoiser-shape settings.
-
-    Default denoiser: a per-position MLP (1x1 convolutions, width 256, 4 residual blocks), i.e. DiT with
-    patch size 1 without attention. On ELPV (scripts/elpv_sweep.py, 200 training cells) it beat a 3x3
-    conv net of width 128 (image AUROC 0.806 vs 0.785 at S = 3) at fewer FLOPs per position.
-    """
+    """Optimisation and denoiser-shape settings; the shape defaults are :mod:`worker.core.denoiser`'s."""
 
     iterations: int = 1500
     batch_size: int = 32
@@ -50,9 +47,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 100
     ema_decay: float = 0.995
-    width: int = 256
-    num_blocks: int = 4
-    kernel_size: int = 1
+    width: int = DEFAULT_WIDTH
+    num_blocks: int = DEFAULT_BLOCKS
+    kernel_size: int = DEFAULT_KERNEL_SIZE
     calib_fraction: float = 0.2
     seed: int = 0
     checkpoint_every: int = 250
@@ -65,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"calib_fraction must be in (0, 0.9), got {self.calib_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
 
 
 MIN_IMAGES_PER_CLASS = 8
@@ -95,41 +94,56 @@ def feature_statistics(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fit_standardiser(raw.permute(0, 2, 3, 1).reshape(-1, raw.shape[1]), min_std=1e-3)
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+CHECKPOINT_FORMAT = 2  # 2: EMA and learning-rate schedule state of diffusers' EMAModel and LambdaLR
 
 
-def _save_checkpoint(folder: Path, step: int, model, ema, optimizer, generator: torch.Generator) -> None:
+def _ema(model: FeatureDenoiser, config: TrainConfig) -> EMAModel:
+    """EMA of the weights with decay min(ema_decay, (1 + n) / (10 + n)) after n updates (every argument set)."""
+    return EMAModel(model.parameters(), decay=config.ema_decay, min_decay=0.0, update_after_step=0,
+                    use_ema_warmup=False, inv_gamma=1.0, power=2 / 3, foreach=False)
+
+
+def _save_checkpoint(folder: Path, step: int, model, ema: EMAModel, optimizer, schedule,
+                     generator: torch.Generator) -> None:
     staging = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(staging / "ema.safetensors"))
+    names = [name for name, _ in model.named_parameters()]
+    ema_state = ema.state_dict()
+    save_file({name: p.contiguous() for name, p in zip(names, ema_state.pop("shadow_params"))},
+              str(staging / "ema.safetensors"))
     opt = optimizer.state_dict()
     flat = {f"{index}.{key}": value for index, state in opt["state"].items() for key, value in state.items()}
     flat["generator"] = generator.get_state()
     flat["torch_rng"] = torch.get_rng_state()
     save_file(flat, str(staging / "optimizer.safetensors"))
-    (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": opt["param_groups"]}))
+    (staging / "state.json").write_text(json.dumps({
+        "format": CHECKPOINT_FORMAT, "step": step, "param_groups": opt["param_groups"], "ema": ema_state,
+        "schedule": schedule.state_dict()}))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 
 
-def _load_checkpoint(folder: Path, model, ema, optimizer, generator: torch.Generator) -> int:
+def _load_checkpoint(folder: Path, model, ema: EMAModel, optimizer, schedule, generator: torch.Generator) -> int:
+    meta = json.loads((folder / "state.json").read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {folder} was written by another version of invad (format "
+                         f"{meta.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}): delete it, or train "
+                         "without --resume")
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    shadow = load_file(str(folder / "ema.safetensors"))
+    ema.load_state_dict({**meta["ema"], "shadow_params": [shadow[name] for name, _ in model.named_parameters()]})
+    ema.to(next(model.parameters()).device)
     flat = load_file(str(folder / "optimizer.safetensors"))
     generator.set_state(flat.pop("generator"))
     torch.set_rng_state(flat.pop("torch_rng"))
-    meta = json.loads((folder / "state.json").read_text())
     state: dict[int, dict] = {}
     for key, value in flat.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    schedule.load_state_dict(meta["schedule"])
     return int(meta["step"])
 
 
@@ -138,20 +152,20 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
                    resume: bool = False, progress: bool = True) -> tuple[FeatureDenoiser, list[float]]:
     """Train ``model`` = eps_theta on standardised features (N, C, g, g) with the DDPM loss.
 
-    Returns the EMA of its weights (the model to ship) and the loss of every step.
+    Returns the EMA of its weights (the model to ship, on the CPU) and the loss of every step run.
     """
     conditional = model.config.num_classes > 0
-    ema = FeatureDenoiser.from_config(model.config)
-    ema.load_state_dict(model.state_dict())
     model.to(device).train()
-    ema.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    ema = _ema(model, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup,
+                                               num_training_steps=config.iterations, num_cycles=0.5)
     generator = torch.Generator().manual_seed(config.seed)
     start = 0
     if resume and checkpoint is not None and (checkpoint / "state.json").is_file():
-        start = _load_checkpoint(checkpoint, model, ema, optimizer, generator)
+        start = _load_checkpoint(checkpoint, model, ema, optimizer, schedule, generator)
     abar = alphas_cumprod.to(device)
     num_timesteps = len(alphas_cumprod)
     losses: list[float] = []
@@ -166,8 +180,6 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
         x0, t, noise = features[index].to(device), t.to(device), noise.to(device)
         x_t = q_sample(x0, noise, abar[t][:, None, None, None])
         # 2. noise-prediction loss ||eps - eps_theta(x_t, t)||^2
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * _lr_factor(step, config)
         class_labels = labels[index].to(device) if conditional else None
         with autocast:
             loss = F.mse_loss(model(x_t, t, class_labels).float(), noise)
@@ -175,18 +187,19 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         # 3. exponential moving average of the weights (the model that is saved)
-        with torch.no_grad():
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            for averaged, current in zip(ema.parameters(), model.parameters()):
-                averaged.lerp_(current, 1 - decay)
+        ema.step(model.parameters())
         losses.append(loss.item())
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
         if checkpoint is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.iterations:
-            _save_checkpoint(checkpoint, step + 1, model, ema, optimizer, generator)
+            _save_checkpoint(checkpoint, step + 1, model, ema, optimizer, schedule, generator)
     bar.close()
-    return ema.cpu(), losses
+    averaged = FeatureDenoiser.from_config(model.config)
+    averaged.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    ema.copy_to(averaged.parameters())
+    return averaged.eval().requires_grad_(False), losses
 
 
 @torch.no_grad()
@@ -262,9 +275,10 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
 
     ``data``: one folder / MVTec category / ``elpv`` for a single-class bundle, or several folders
     for a class-conditional one (class names = folder names).
+    ``validation``: labelled images for an F1-max threshold per class: an MVTec category (or ``elpv``)
+    for a single-class bundle; for a class-conditional one a folder holding one MVTec category per
+    class, named like the class (``VALIDATION/<class>/test/...``).
     """
-    from .data import normal_training_images, test_samples
-
     train_config = train_config or TrainConfig()
     detector_config = detector_config or DetectorConfig()
     clock = time.perf_counter()
@@ -306,10 +320,11 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     fit_statistics(detector, train_feats, train_labels)
     validation_set = None
     if validation is not None:
-        samples = test_samples(validation)
+        samples = test_samples(validation, names)
         v_feats = extract_features(detector, [s.path for s in samples], train_config.feature_batch, "validation",
                                    progress)
-        validation_set = (v_feats, torch.zeros(len(samples), dtype=torch.long), np.array([s.label for s in samples]))
+        v_labels = torch.tensor([names.index(s.cls) for s in samples], dtype=torch.long)
+        validation_set = (v_feats, v_labels, np.array([s.label for s in samples]))
     calibration = calibrate(detector, calib_feats, calib_labels, validation_set)
     detector.save_pretrained(out)
     shutil.rmtree(checkpoint, ignore_errors=True)

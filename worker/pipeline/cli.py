@@ -15,24 +15,28 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
 from .backoff import backoff_delay
-from .config import WorkerConfig, _models, add_config_arguments
+from .config import WorkerConfig, add_config_arguments, parse_models
 from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown
 from .fetch import Fetcher
 from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
 from .models import ModelRegistry
+from .redact import LogRedactor
 from .redis_sink import RedisSink
 from .s3_sink import S3Sink
 
 log = structlog.get_logger("invad.pipeline.cli")
 EX_TEMPFAIL = 75
+# Masks credentials in every log event of this process; _start feeds it each config's secrets.
+REDACTOR = LogRedactor()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +61,13 @@ class _StderrLogger:
 
 
 def configure_logging(level: str = "info") -> None:
-    """JSON log lines on stderr, unless the application configured structlog already."""
+    """JSON log lines on stderr with credentials masked (:data:`REDACTOR`), unless the application
+    configured structlog already."""
     if structlog.is_configured():
         return
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+                    structlog.processors.format_exc_info, REDACTOR, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=lambda *args: _StderrLogger())
 
@@ -78,8 +83,16 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _print_redacted_traceback(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` of a worker: a crash's traceback with credentials masked, since a bug's message
+    may quote a URL (botocore, for one, quotes a bad endpoint whole)."""
+    sys.stderr.write(REDACTOR.text("".join(traceback.format_exception(kind, error, tb))))
+
+
 def _start(config: WorkerConfig) -> threading.Event:
     """Logging configured, the config logged once (secrets redacted), signals wired to the stop flag."""
+    REDACTOR.add(config.secrets())
+    sys.excepthook = _print_redacted_traceback
     configure_logging(config.log_level)
     log.info("config", **config.redacted())
     stop = threading.Event()
@@ -172,8 +185,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     """
     if sqlite_path is None and out_dir is None:
         raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
-    if settings.get("device") == "auto":
-        settings["device"] = None
     config = (config or WorkerConfig(mode="embedded", worker_id=f"embedded-{os.getpid()}"))
     config = config.replace(mode="embedded", **settings)
     if progress_path is None and str(source) != "-":
@@ -198,7 +209,7 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     if isinstance(model, ModelRegistry):
         registry = model
     else:
-        registry = ModelRegistry.load(_models(str(model)), config.device)
+        registry = ModelRegistry.load(parse_models(str(model)), config.device)
 
     sinks: list[Any] = []
     sqlite_sink = SqliteSink(sqlite_path) if sqlite_path else None

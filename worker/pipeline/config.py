@@ -1,8 +1,15 @@
 """One frozen :class:`WorkerConfig` per process, built from CLI flags and ``INVAD_*`` variables.
 
-A flag wins over its variable; every value is parsed and checked here, at start, so a typo fails in
-the first second with a message naming the flag or variable, the value and what is allowed, instead
-of an hour later in a sink. :meth:`WorkerConfig.redacted` is what gets logged.
+Every setting is declared once, as a field of :class:`WorkerConfig` made by :func:`setting`: its
+default, its rule (parser and what is allowed), its help, whether it is a secret, and (when they do
+not follow from the field name) its variables and flag. From that one declaration come the flags
+(:func:`add_config_arguments`), the variable parsing (:meth:`WorkerConfig.from_sources`), the
+redacted start-up log line (:meth:`WorkerConfig.redacted`) and ``docs/CONFIGURATION.md``
+(:mod:`worker.pipeline.config_doc`).
+
+A flag wins over its variable, a variable over the default. Every value is checked when the object
+is made, so a typo fails in the first second with a message naming the flag or variable, the value
+(credentials masked) and what is allowed, instead of an hour later in a sink.
 """
 
 from __future__ import annotations
@@ -14,12 +21,23 @@ import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from .redact import MASK, credentials_in, redact_text, redact_value
 
 MODES = ("kafka", "embedded")
+DOC_PATH = "docs/CONFIGURATION.md"
 
 
-def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+@dataclass(frozen=True)
+class Rule:
+    """How a setting's text becomes its value: ``parse`` raises ValueError saying what is wrong and what
+    is allowed; ``allowed`` says the same for help and docs."""
+    parse: Callable[[str], Any]
+    allowed: str
+
+
+def _int(low: int, high: int | None = None) -> Rule:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -28,19 +46,19 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
         if value < low or (high is not None and value > high):
             raise ValueError(f"must be in [{low}, {high if high is not None else 'inf'}]")
         return value
-    return parse
+    return Rule(parse, f"integer in [{low}, {high if high is not None else 'inf'}]")
 
 
-def _float(low: float) -> Callable[[str], float]:
+def _float(low: float) -> Rule:
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise ValueError("must be a number") from None
-        if not value >= low:
-            raise ValueError(f"must be >= {low}")
+        if not value >= low or value == float("inf"):
+            raise ValueError(f"must be a finite number >= {low}")
         return value
-    return parse
+    return Rule(parse, f"number >= {low}")
 
 
 def _bool(text: str) -> bool:
@@ -72,14 +90,14 @@ def _roots(text: str) -> tuple[str, ...]:
     return tuple(os.path.realpath(root) for root in roots)
 
 
-def _models(text: str) -> tuple[tuple[str, str], ...]:
+def parse_models(text: str) -> tuple[tuple[str, str], ...]:
     """``path`` (one bundle for every product) or ``product=path,product=path,*=path``."""
     text = str(text).strip()
     if not text:
         return ()
     if "=" not in text:
         return (("*", text),)
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for part in _list(text):
         product, sep, path = part.partition("=")
         product, path = product.strip(), path.strip()
@@ -100,13 +118,19 @@ def _device(text: str) -> str | None:
     return text
 
 
-def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+def _url(*schemes: str, bare: bool = False) -> Rule:
+    """A URL of one of ``schemes``; ``bare`` ones may not carry a user, password, query or fragment."""
     def parse(text: str) -> str:
-        parts = urlsplit(str(text).strip())
-        if parts.scheme not in schemes or not parts.netloc:
+        text = str(text).strip()
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
             raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}")
-        return str(text).strip()
-    return parse
+        if bare and ("@" in parts.netloc or parts.query or parts.fragment):
+            raise ValueError("must not carry a user, password, query or fragment (S3 credentials come from "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        return text
+    kinds = " or ".join(f"{scheme}://" for scheme in schemes)
+    return Rule(parse, f"{kinds} URL" + (" (no user, password or query)" if bare else ""))
 
 
 def _bootstrap(text: str) -> tuple[str, ...]:
@@ -117,12 +141,12 @@ def _bootstrap(text: str) -> tuple[str, ...]:
     return servers
 
 
-def _name(pattern: str, allowed: str) -> Callable[[str], str]:
+def _name(pattern: str, allowed: str) -> Rule:
     def parse(text: str) -> str:
         if not re.fullmatch(pattern, str(text)):
             raise ValueError(f"must match {allowed}")
         return str(text)
-    return parse
+    return Rule(parse, allowed)
 
 
 _TOPIC = _name(r"[A-Za-z0-9._-]{1,249}", "[A-Za-z0-9._-]{1,249}")
@@ -131,103 +155,136 @@ _REDIS_PREFIX = _name(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", "1-64 characters of [
 _BUCKET = _name(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "an S3 bucket name ([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])")
 _PREFIX = _name(r"[A-Za-z0-9._/-]{0,256}", "[A-Za-z0-9._/-]{0,256}")
 _LEVEL = _name(r"debug|info|warning|error", "debug, info, warning or error")
+_TEXT = Rule(str, "any text")
+_BOOL = Rule(_bool, "true/false (also 1/0, yes/no, on/off)")
+_LIST = Rule(_list, "comma-separated names")
+_HOSTS = Rule(_hosts, "comma-separated host, host:port or *.domain")
+_ROOTS = Rule(_roots, "comma-separated absolute paths")
+_MODELS = Rule(parse_models, "bundle path, or product=path,...,*=path")
+_DEVICE = Rule(_device, "auto, cpu, cuda, cuda:N or mps")
+_BOOTSTRAP = Rule(_bootstrap, "comma-separated host:port")
+
+
+def setting(default: Any, rule: Rule, help: str, *, env: tuple[str, ...] = (), flag: bool = True,
+            secret: bool = False, derived: str | None = None) -> Any:
+    """Declare one setting as a dataclass field. The variable is ``INVAD_<FIELD>`` and the flag
+    ``--<field>`` unless ``env`` names other variables (the first one set wins) or ``flag`` is False.
+    ``derived`` says how a None default is filled in; ``secret`` values are masked in every log line."""
+    return field(default=default, metadata={"setting": dict(rule=rule, help=help, env=env, flag=flag, secret=secret,
+                                                             derived=derived)})
 
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: dataclass field, ``INVAD_*`` variable, CLI flag, parser, default (a string, parsed too)."""
-    field: str
-    env: str | None
-    flag: str | None
-    parse: Callable[[str], Any]
-    default: str | None
+    """A declared setting as the rest of the program sees it (one per :data:`OPTIONS` entry)."""
+    name: str
+    default: Any
+    rule: Rule
     help: str
-    secret: bool = False
+    env: tuple[str, ...]
+    flag: str | None
+    secret: bool
+    derived: str | None
+
+    def shown(self, value: Any) -> str:
+        """``value`` as an error message may show it: credentials masked, a secret masked whole."""
+        text = value if isinstance(value, str) else as_text(value)
+        return repr(redact_text(text)) if not self.secret or "://" in text else MASK
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("kafka_bootstrap", "INVAD_KAFKA_BOOTSTRAP", "--kafka-bootstrap", _bootstrap, "", "Kafka bootstrap servers, host:port[,host:port]"),
-    Option("topic", "INVAD_TOPIC", "--topic", _TOPIC, "invad.images", "topic of ImageRef messages"),
-    Option("group", "INVAD_GROUP", "--group", _TOPIC, "invad-workers", "consumer group id"),
-    Option("dlq_topic", "INVAD_DLQ_TOPIC", "--dlq-topic", _TOPIC, None, "dead-letter topic (default: <topic>.dlq)"),
-    Option("redis_url", "INVAD_REDIS_URL", "--redis-url", _url(("redis", "rediss", "unix")), None, "Redis URL for score records and alerts", secret=True),
-    Option("redis_prefix", "INVAD_REDIS_PREFIX", "--redis-prefix", _REDIS_PREFIX, "invad", "prefix of every Redis key"),
-    Option("record_ttl_s", "INVAD_RECORD_TTL_S", "--record-ttl-s", _int(1), "604800", "TTL of score records and alert markers in Redis (s)"),
-    Option("recent_per_line", "INVAD_RECENT_PER_LINE", "--recent-per-line", _int(1), "10000", "size of each line's recent zset"),
-    Option("top_per_line", "INVAD_TOP_PER_LINE", "--top-per-line", _int(1), "1000", "size of each line's top-score zset"),
-    Option("alert_stream_maxlen", "INVAD_ALERT_STREAM_MAXLEN", "--alert-stream-maxlen", _int(1), "100000", "approximate MAXLEN of the alert stream"),
-    Option("s3_endpoint", "INVAD_S3_ENDPOINT", "--s3-endpoint", _url(("http", "https")), None, "S3 endpoint URL (default: AWS)"),
-    Option("s3_bucket", "INVAD_S3_BUCKET", "--s3-bucket", _BUCKET, None, "bucket for flagged images, overlays and records"),
-    Option("s3_prefix", "INVAD_S3_PREFIX", "--s3-prefix", _PREFIX, "invad", "key prefix inside the bucket"),
-    Option("s3_create_bucket", "INVAD_S3_CREATE_BUCKET", "--s3-create-bucket", _bool, "false", "create the bucket at start when missing"),
-    Option("s3_region", "AWS_REGION", None, str, None, "S3 region (AWS_REGION or AWS_DEFAULT_REGION)"),
-    Option("aws_access_key_id", "AWS_ACCESS_KEY_ID", None, str, None, "S3 access key", secret=True),
-    Option("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", None, str, None, "S3 secret key", secret=True),
-    Option("aws_session_token", "AWS_SESSION_TOKEN", None, str, None, "S3 session token", secret=True),
-    Option("models", "INVAD_MODELS", "--models", _models, "", "model bundle path for every product, or product=path,...,*=path"),
-    Option("device", "INVAD_DEVICE", "--device", _device, "auto", "torch device: auto, cpu, cuda, cuda:N"),
-    Option("batch_size", "INVAD_BATCH_SIZE", "--batch-size", _int(1, 4096), "16", "images per batch (= max.poll.records)"),
-    Option("batch_wait_ms", "INVAD_BATCH_WAIT_MS", "--batch-wait-ms", _int(0, 600_000), "200", "longest wait to fill a batch (ms)"),
-    Option("max_poll_interval_ms", "INVAD_MAX_POLL_INTERVAL_MS", "--max-poll-interval-ms", _int(5_000), "300000", "Kafka max.poll.interval.ms"),
-    Option("session_timeout_ms", "INVAD_SESSION_TIMEOUT_MS", "--session-timeout-ms", _int(1_000), "45000", "Kafka session.timeout.ms"),
-    Option("heartbeat_interval_ms", "INVAD_HEARTBEAT_INTERVAL_MS", "--heartbeat-interval-ms", _int(100), "3000", "Kafka heartbeat.interval.ms"),
-    Option("fetch_concurrency", "INVAD_FETCH_CONCURRENCY", "--fetch-concurrency", _int(1, 256), "8", "parallel image fetches"),
-    Option("fetch_timeout_s", "INVAD_FETCH_TIMEOUT_S", "--fetch-timeout-s", _float(0.1), "10", "connect/read timeout of one image fetch (s)"),
-    Option("max_image_bytes", "INVAD_MAX_IMAGE_BYTES", "--max-image-bytes", _int(1), str(32 * 1024 * 1024), "largest encoded image accepted (bytes)"),
-    Option("max_image_pixels", "INVAD_MAX_IMAGE_PIXELS", "--max-image-pixels", _int(1), str(64_000_000), "largest image accepted (width x height)"),
-    Option("https_allow", "INVAD_HTTPS_ALLOW", "--https-allow", _hosts, "", "hosts https:// URIs may name (host, host:port, *.domain)"),
-    Option("file_roots", "INVAD_FILE_ROOTS", "--file-roots", _roots, "", "absolute folders file:// URIs may point into"),
-    Option("s3_allow_buckets", "INVAD_S3_ALLOW_BUCKETS", "--s3-allow-buckets", _list, "", "buckets s3:// URIs may name (empty: any)"),
-    Option("worker_id", "INVAD_WORKER_ID", "--worker-id", _KEYPART, None, "worker id in records and logs (default: hostname-pid)"),
-    Option("backoff_max_s", "INVAD_BACKOFF_MAX_S", "--backoff-max-s", _float(0.05), "30", "longest backoff while a dependency is down (s)"),
-    Option("drain_timeout_s", "INVAD_DRAIN_TIMEOUT_S", "--drain-timeout-s", _float(0), "60", "after SIGTERM, how long to keep retrying a down dependency (s)"),
-    Option("health_dir", "INVAD_HEALTH_DIR", "--health-dir", str, "", "folder for the 'ready' and 'alive' probe files (empty: none)"),
-    Option("log_level", "INVAD_LOG_LEVEL", "--log-level", _LEVEL, "info", "log level"),
-)
-_BY_FIELD = {option.field: option for option in OPTIONS}
+def as_text(value: Any) -> str:
+    """A setting's value written the way its variable takes it (for defaults in help and docs)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join("=".join(item) if isinstance(item, (tuple, list)) else str(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"[:128]
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Everything a worker process needs; see :data:`OPTIONS` for meaning, variables and flags."""
-    mode: str = "kafka"
-    kafka_bootstrap: tuple[str, ...] = ()
-    topic: str = "invad.images"
-    group: str = "invad-workers"
-    dlq_topic: str = "invad.images.dlq"
-    redis_url: str | None = None
-    redis_prefix: str = "invad"
-    record_ttl_s: int = 604800
-    recent_per_line: int = 10000
-    top_per_line: int = 1000
-    alert_stream_maxlen: int = 100000
-    s3_endpoint: str | None = None
-    s3_bucket: str | None = None
-    s3_prefix: str = "invad"
-    s3_create_bucket: bool = False
-    s3_region: str | None = None
-    aws_access_key_id: str | None = field(default=None, repr=False)
-    aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_session_token: str | None = field(default=None, repr=False)
-    models: tuple[tuple[str, str], ...] = ()
-    device: str | None = None
-    batch_size: int = 16
-    batch_wait_ms: int = 200
-    max_poll_interval_ms: int = 300000
-    session_timeout_ms: int = 45000
-    heartbeat_interval_ms: int = 3000
-    fetch_concurrency: int = 8
-    fetch_timeout_s: float = 10.0
-    max_image_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    https_allow: tuple[str, ...] = ()
-    file_roots: tuple[str, ...] = ()
-    s3_allow_buckets: tuple[str, ...] = ()
-    worker_id: str = "worker"
-    backoff_max_s: float = 30.0
-    drain_timeout_s: float = 60.0
-    health_dir: str = ""
-    log_level: str = "info"
+    """Everything a worker process needs; each field's meaning, variable and flag is in its declaration
+    (and in docs/CONFIGURATION.md). Made only valid: construction raises ValueError otherwise."""
+    mode: str = "kafka"  # set by the command (``--source`` means embedded), not by a variable
+    # -- Kafka --
+    kafka_bootstrap: tuple[str, ...] = setting((), _BOOTSTRAP, "Kafka bootstrap servers (required in kafka mode)")
+    topic: str = setting("invad.images", _TOPIC, "topic of ImageRef messages")
+    group: str = setting("invad-workers", _TOPIC, "consumer group id")
+    dlq_topic: str = setting(None, _TOPIC, "dead-letter topic", derived="<topic>.dlq")
+    max_poll_interval_ms: int = setting(300000, _int(5_000), "Kafka max.poll.interval.ms")
+    session_timeout_ms: int = setting(45000, _int(1_000), "Kafka session.timeout.ms")
+    heartbeat_interval_ms: int = setting(3000, _int(100), "Kafka heartbeat.interval.ms")
+    # -- Redis --
+    redis_url: str | None = setting(None, _url("redis", "rediss", "unix"),
+                                    "Redis URL for score records and alerts (required in kafka mode); "
+                                    "a password in it is masked in logs, but prefer the variable to the flag",
+                                    secret=True)
+    redis_prefix: str = setting("invad", _REDIS_PREFIX, "prefix of every Redis key")
+    record_ttl_s: int = setting(604800, _int(1), "TTL of score records and alert markers in Redis (s)")
+    recent_per_line: int = setting(10000, _int(1), "size of each line's recent zset")
+    top_per_line: int = setting(1000, _int(1), "size of each line's top-score zset")
+    alert_stream_maxlen: int = setting(100000, _int(1), "approximate MAXLEN of the alert stream")
+    # -- S3 --
+    s3_endpoint: str | None = setting(None, _url("http", "https", bare=True), "S3 endpoint URL", derived="AWS")
+    s3_bucket: str | None = setting(None, _BUCKET, "bucket for flagged images, overlays and records "
+                                    "(required in kafka mode)")
+    s3_prefix: str = setting("invad", _PREFIX, "key prefix inside the bucket")
+    s3_create_bucket: bool = setting(False, _BOOL, "create the bucket at start when missing")
+    s3_region: str | None = setting(None, _TEXT, "S3 region", env=("AWS_REGION", "AWS_DEFAULT_REGION"), flag=False)
+    aws_access_key_id: str | None = setting(None, _TEXT, "S3 access key", env=("AWS_ACCESS_KEY_ID",), flag=False,
+                                            secret=True)
+    aws_secret_access_key: str | None = setting(None, _TEXT, "S3 secret key", env=("AWS_SECRET_ACCESS_KEY",),
+                                                flag=False, secret=True)
+    aws_session_token: str | None = setting(None, _TEXT, "S3 session token", env=("AWS_SESSION_TOKEN",),
+                                            flag=False, secret=True)
+    # -- models and batches --
+    models: tuple[tuple[str, str], ...] = setting((), _MODELS, "model bundle for every product, or one per "
+                                                  "product (required)")
+    device: str | None = setting(None, _DEVICE, "torch device", derived="auto")
+    batch_size: int = setting(16, _int(1, 4096), "images per batch (= max.poll.records)")
+    batch_wait_ms: int = setting(200, _int(0, 600_000), "longest wait to fill a batch (ms)")
+    # -- fetching images --
+    fetch_concurrency: int = setting(8, _int(1, 256), "parallel image fetches")
+    fetch_timeout_s: float = setting(10.0, _float(0.1), "connect/read timeout of one image fetch (s)")
+    max_image_bytes: int = setting(32 * 1024 * 1024, _int(1), "largest encoded image accepted (bytes)")
+    max_image_pixels: int = setting(64_000_000, _int(1), "largest image accepted (width x height)")
+    https_allow: tuple[str, ...] = setting((), _HOSTS, "hosts https:// URIs may name (empty: none)")
+    file_roots: tuple[str, ...] = setting((), _ROOTS, "folders file:// URIs may point into (empty: none in "
+                                          "kafka mode)")
+    s3_allow_buckets: tuple[str, ...] = setting((), _LIST, "buckets s3:// URIs may name (empty: any)")
+    # -- the process --
+    worker_id: str = setting(None, _KEYPART, "worker id in records and logs", derived="<hostname>-<pid>")
+    backoff_max_s: float = setting(30.0, _float(0.05), "longest backoff while a dependency is down (s)")
+    drain_timeout_s: float = setting(60.0, _float(0), "after SIGTERM, how long to keep retrying a down "
+                                     "dependency (s)")
+    health_dir: str = setting("", _TEXT, "folder for the 'ready' and 'alive' probe files (empty: none)")
+    log_level: str = setting("info", _LEVEL, "log level")
+
+    def __post_init__(self) -> None:
+        """Fill derived defaults, parse every value by its rule (so Python callers get the same checks
+        and normal forms as variables), then the checks that involve several settings."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        derived = {"dlq_topic": lambda: f"{self.topic}.dlq", "worker_id": default_worker_id}
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if value is None and option.name in derived:
+                value = derived[option.name]()
+            if value is not None:
+                try:
+                    value = option.rule.parse(as_text(value))
+                except ValueError as error:
+                    raise ValueError(f"{option.name}={option.shown(value)}: {error}") from None
+            object.__setattr__(self, option.name, value)
+        self.validate()
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any] | argparse.Namespace | None = None,
@@ -235,89 +292,108 @@ class WorkerConfig:
         """Build and validate a config; ``flags`` holds parsed CLI values by field name (None = not given).
 
         Raises:
-            ValueError: naming the flag or variable, the bad value and what is allowed.
+            ValueError: naming the flag or variable, the bad value (credentials masked) and what is allowed.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} is not one of {MODES}")
         flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {"mode": mode}
         for option in OPTIONS:
-            raw, origin = flags.get(option.field), option.flag
-            if raw is None and option.env is not None:
-                raw, origin = environ.get(option.env), option.env
-                if raw is None and option.field == "s3_region":
-                    raw, origin = environ.get("AWS_DEFAULT_REGION"), "AWS_DEFAULT_REGION"
-            if raw is None or (raw == "" and option.default is None):  # empty = unset for optional values
-                raw, origin = option.default, f"default of {option.env or option.flag}"
+            raw, origin = _lookup(option, flags, environ)
             if raw is None:
                 continue
-            if not isinstance(raw, str):  # already typed (from Python callers)
-                values[option.field] = raw
+            if not isinstance(raw, str):  # already typed (Python callers): checked in __post_init__
+                values[option.name] = raw
                 continue
             try:
-                values[option.field] = option.parse(raw)
+                values[option.name] = option.rule.parse(raw)
             except ValueError as error:
-                shown = "***" if option.secret else repr(raw)
-                raise ValueError(f"{origin}={shown}: {error}") from None
-        topic = values.get("topic", cls.topic)
-        values.setdefault("dlq_topic", f"{topic}.dlq")
-        values.setdefault("worker_id", f"{socket.gethostname()}-{os.getpid()}"[:128])
-        config = cls(**values)
-        config.validate()
-        return config
+                raise ValueError(f"{origin}={option.shown(raw)}: {error}") from None
+        return cls(**values)
 
     def validate(self) -> None:
-        """Cross-field checks; raises ValueError naming the settings involved."""
-        def need(name: str) -> None:
-            if not getattr(self, name):
-                option = _BY_FIELD[name]
-                raise ValueError(f"{option.env} (or {option.flag}) is required in {self.mode} mode")
+        """Checks that involve several settings; raises ValueError naming each of them."""
+        def named(name: str) -> str:  # INVAD_BATCH_WAIT_MS=200 (--batch-wait-ms)
+            option = _BY_NAME[name]
+            return f"{option.env[0]}={as_text(getattr(self, name))}" + (f" ({option.flag})" if option.flag else "")
+
         if self.mode == "kafka":
             for name in ("kafka_bootstrap", "redis_url", "s3_bucket", "models"):
-                need(name)
+                if not getattr(self, name):
+                    option = _BY_NAME[name]
+                    raise ValueError(f"{option.env[0]} (or {option.flag}) is required in kafka mode")
             if self.dlq_topic == self.topic:
-                raise ValueError(f"INVAD_DLQ_TOPIC={self.dlq_topic!r}: must differ from INVAD_TOPIC")
+                raise ValueError(f"{named('dlq_topic')}: must differ from {named('topic')}")
         if self.batch_wait_ms * 4 > self.max_poll_interval_ms:
-            raise ValueError(f"INVAD_BATCH_WAIT_MS={self.batch_wait_ms}: must be at most a quarter of "
-                             f"INVAD_MAX_POLL_INTERVAL_MS={self.max_poll_interval_ms}")
+            raise ValueError(f"{named('batch_wait_ms')}: must be at most a quarter of {named('max_poll_interval_ms')}")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
-            raise ValueError(f"INVAD_HEARTBEAT_INTERVAL_MS={self.heartbeat_interval_ms}: must be at most a third "
-                             f"of INVAD_SESSION_TIMEOUT_MS={self.session_timeout_ms}")
+            raise ValueError(f"{named('heartbeat_interval_ms')}: must be at most a third of "
+                             f"{named('session_timeout_ms')}")
         if self.backoff_max_s * 1000 * 4 > self.max_poll_interval_ms:
-            raise ValueError(f"INVAD_BACKOFF_MAX_S={self.backoff_max_s}: must be at most a quarter of "
-                             f"INVAD_MAX_POLL_INTERVAL_MS={self.max_poll_interval_ms} (in seconds)")
+            raise ValueError(f"{named('backoff_max_s')}: must be at most a quarter of "
+                             f"{named('max_poll_interval_ms')} (in seconds)")
 
     def replace(self, **changes: Any) -> "WorkerConfig":
-        config = dataclasses.replace(self, **changes)
-        config.validate()
-        return config
+        """A copy with ``changes``, checked like any new config."""
+        return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:  # never print a secret, even by accident in a traceback
         return f"WorkerConfig({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
     def redacted(self) -> dict[str, Any]:
-        """The config as a dict fit for a log line: secrets masked, Redis password removed."""
-        out = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            option = _BY_FIELD.get(item.name)
-            if option is not None and option.secret and value and item.name != "redis_url":
-                value = "***"
-            out[item.name] = list(value) if isinstance(value, tuple) else value
-        if self.redis_url:
-            parts = urlsplit(self.redis_url)
-            if parts.password:
-                netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-                out["redis_url"] = urlunsplit(parts._replace(netloc=netloc))
+        """The config as a dict fit for a log line: secrets masked, credentials in URLs masked."""
+        out: dict[str, Any] = {"mode": self.mode}
+        for option in OPTIONS:
+            out[option.name] = redact_value(getattr(self, option.name), option.secret)
         return out
+
+    def secrets(self) -> list[str]:
+        """Every credential this config holds (secret values, URL passwords and tokens), for a log
+        redactor to mask wherever one turns up."""
+        found = []
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            for text in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(text, str) and text:
+                    found += [text] if option.secret and "://" not in text else credentials_in(text)
+        return found
+
+
+def _option(item: dataclasses.Field) -> Option:
+    spec = dict(item.metadata["setting"])
+    spec["env"] = spec["env"] or (f"INVAD_{item.name.upper()}",)
+    spec["flag"] = f"--{item.name.replace('_', '-')}" if spec["flag"] else None
+    return Option(item.name, item.default, **spec)
+
+
+def _lookup(option: Option, flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Any, str | None]:
+    """The raw value of ``option`` and where it came from: its flag, else the first of its variables set."""
+    if flags.get(option.name) is not None:
+        return flags[option.name], option.flag
+    for name in option.env:
+        raw = environ.get(name)
+        if raw is not None and (raw != "" or option.default is not None):  # empty = unset for optional values
+            return raw, name
+    return None, None
+
+
+OPTIONS: tuple[Option, ...] = tuple(_option(item) for item in dataclasses.fields(WorkerConfig)
+                                    if "setting" in item.metadata)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def default_text(option: Option) -> str:
+    """The default as help and docs show it (a derived default says how it is derived)."""
+    return option.derived if option.default is None and option.derived else as_text(option.default)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :data:`OPTIONS` entry; each defaults to None so the variable/default applies."""
+    """Add one flag per setting that has one; each defaults to None so the variable, then the default, applies."""
+    group = parser.add_argument_group("settings", f"each flag overrides its variable; see {DOC_PATH}")
     for option in OPTIONS:
         if option.flag is None:
             continue
-        default = f" (default: {option.default})" if option.default not in (None, "") else ""
-        parser.add_argument(option.flag, dest=option.field, default=None, metavar=option.field.upper(),
-                            help=f"{option.help}; env {option.env}{default}")
+        default = default_text(option)
+        text = (f"{option.help} [{option.rule.allowed}]; env {option.env[0]}"
+                + (f"; default {default}" if default else ""))
+        group.add_argument(option.flag, dest=option.name, default=None, metavar=option.name.upper(),
+                           help=text.replace("%", "%%"))

@@ -21,7 +21,7 @@ from typing import Any, Sequence, TextIO
 
 from schemas import ImageRef
 from schemas.image_id import derive_image_id
-from worker.common.imagefiles import list_image_files
+from worker.core.imagefiles import list_image_files
 
 from .loop import Message
 from .sinks import ScoredImage, artefact_keys
@@ -86,6 +86,8 @@ class _ListSource:
     def give_back(self, messages) -> None: ...  # nothing is ever revoked from an embedded source
     def take_revoked(self) -> set[tuple[str, int]]:
         return set()
+    def healthy(self) -> bool:
+        return True
     def close(self) -> None: ...
 
 

@@ -18,6 +18,7 @@ FETCH_FAILED = "fetch_failed"
 IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_INVALID = "image_invalid"
 UNKNOWN_PRODUCT = "unknown_product"
+PROCESSING_FAILED = "processing_failed"  # an unexpected error on this one message (scoring, building its record)
 
 
 class BadRecord(Exception):

@@ -9,7 +9,9 @@ Every outcome is classified for the loop:
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 import time
 import urllib.error
@@ -25,7 +27,15 @@ from worker.common import s3client
 from worker.core.images import ImageDecodeError, decode_image
 
 from . import s3
-from .errors import FETCH_FAILED, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord, DependencyDown
+from .errors import (FETCH_FAILED, IMAGE_INVALID, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord,
+                     DependencyDown)
+
+# Errors of a local or network file system that say it, not the path, is failing (EIO, a stale NFS
+# handle, a timeout, exhausted descriptors); anything else (a name too long, a loop of links, no
+# permission, missing) is the message's own fault and is dead-lettered.
+_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.EINTR,
+                             errno.ENOLCK, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOTCONN,
+                             errno.ECONNRESET, errno.EHOSTDOWN, errno.ENETDOWN, errno.EREMOTEIO})
 
 _MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"),
           (b"GIF8", "gif"))
@@ -123,12 +133,19 @@ class Fetcher:
             reader = {"s3": self._read_s3, "file": self._read_file, "https": self._read_https}.get(scheme)
             if reader is None:
                 raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: scheme {scheme!r} is not one of s3, file, https")
-            data = reader(uri)
+            try:
+                data = reader(uri)
+            except (BadRecord, DependencyDown):
+                raise
+            except Exception as error:  # noqa: BLE001 - e.g. a URI no client can parse: this message only
+                raise BadRecord(FETCH_FAILED, f"{uri!r}: {type(error).__name__}: {error}") from error
             fetched = time.perf_counter()
             try:
                 image = decode_image(data, max_pixels=self.max_pixels, name=uri)
             except ImageDecodeError as error:
                 raise BadRecord(error.reason, error.message) from error
+            except Exception as error:  # noqa: BLE001 - a decoder bug on hostile bytes: this image only
+                raise BadRecord(IMAGE_INVALID, f"{uri}: decoder failed: {type(error).__name__}: {error}") from error
             return Fetched(data, image, sniff_extension(data), (fetched - started) * 1e3,
                            (time.perf_counter() - fetched) * 1e3)
         except (BadRecord, DependencyDown) as outcome:
@@ -142,21 +159,27 @@ class Fetcher:
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: file:// URIs must name a local path (no host)")
+        if "%00" in parts.path:  # a NUL cannot be in a path; open() would raise on it
+            raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: the path holds an encoded NUL byte (%00)")
         path = os.path.realpath(unquote(parts.path))
         if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.file_roots):
             raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: {path} is outside INVAD_FILE_ROOTS={list(self.file_roots)}")
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size > self.max_bytes:
-                    raise self._too_large(uri, size)
+            # O_NONBLOCK: a FIFO or device under a root must not hang the worker in open()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    kind = OBJECT_MISSING if stat.S_ISDIR(info.st_mode) else FETCH_FAILED
+                    raise BadRecord(kind, f"{uri}: {path} is not a regular file")
+                if info.st_size > self.max_bytes:
+                    raise self._too_large(uri, info.st_size)
                 return handle.read(self.max_bytes + 1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-            raise BadRecord(OBJECT_MISSING, f"{uri}: {error.strerror}") from error
-        except PermissionError as error:
-            raise BadRecord(FETCH_FAILED, f"{uri}: {error.strerror}") from error
-        except OSError as error:  # EIO, stale NFS handle, ...: the storage, not the message, is at fault
-            raise DependencyDown("file", f"{uri}: {error}") from error
+        except OSError as error:
+            if error.errno in _STORAGE_ERRNOS:  # the storage, not the message, is at fault: wait and retry
+                raise DependencyDown("file", f"{uri}: {error}") from error
+            reason = OBJECT_MISSING if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR) else FETCH_FAILED
+            raise BadRecord(reason, f"{uri}: {error.strerror or error}") from error
 
     def _read_https(self, uri: str) -> bytes:
         parts = urlsplit(uri)

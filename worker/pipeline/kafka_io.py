@@ -15,7 +15,7 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kerrors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from .errors import DependencyDown
 from .loop import Message
@@ -26,12 +26,35 @@ log = structlog.get_logger("invad.pipeline.kafka")
 # to someone else now, who restarts from the last commit. Not a dependency failure: don't retry.
 _OWNERSHIP_LOST = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError, kerrors.IllegalGenerationError,
                    kerrors.UnknownMemberIdError, kerrors.FencedInstanceIdError)
+# A record the broker (or our producer's max_request_size) refuses for its size: never retried as is.
+_TOO_LARGE = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError)
 
 
-def _is_transient(error: BaseException) -> bool:
-    return (isinstance(error, (kerrors.NoBrokersAvailable, kerrors.KafkaConnectionError, kerrors.KafkaTimeoutError,
-                               ConnectionError, TimeoutError))
-            or bool(getattr(error, "retriable", False)))
+def is_transient(error: BaseException) -> bool:
+    """True for a Kafka failure worth waiting out: the broker or coordinator unreachable, restarting,
+    moving leadership, timing out. kafka-python 3.0 marks those ``retriable`` (KafkaConnectionError,
+    KafkaTimeoutError - also what an unreachable bootstrap raises -, NodeNotReadyError,
+    NotCoordinatorError, CoordinatorNotAvailableError, RequestTimedOutError, ...); socket errors
+    that escape the client count too. Configuration and authorization errors are not transient."""
+    return bool(getattr(error, "retriable", False)) or isinstance(
+        error, (kerrors.KafkaConnectionError, kerrors.KafkaTimeoutError, ConnectionError, TimeoutError))
+
+
+def _connect(make: Any, bootstrap: Any) -> Any:
+    """Build a kafka-python client; an unreachable bootstrap is DependencyDown, anything else raises."""
+    try:
+        return make()
+    except kerrors.KafkaError as error:
+        if is_transient(error):
+            raise DependencyDown("kafka", f"no broker reachable at {list(bootstrap)}: {error}") from error
+        raise
+
+
+async def commit_in_listener(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    """Commit ``offsets`` from inside a rebalance listener. kafka-python 3 runs listeners on its IO
+    loop, where the blocking ``commit()`` would raise; ``commit_async()`` returns a kafka Future,
+    which is awaitable there (public API, tested against the broker for the pinned 3.0.x)."""
+    await consumer.commit_async(offsets)
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -51,8 +74,7 @@ class _Listener(AsyncConsumerRebalanceListener):
                  committing={f"{tp.topic}:{tp.partition}": om.offset for tp, om in done.items()})
         if done:
             try:
-                # kafka-python's own pre-rebalance auto-commit uses this coroutine (3.0.x).
-                await source._consumer._coordinator._commit_offsets_sync_async(done, timeout_ms=5000)
+                await commit_in_listener(source._consumer, done)
                 for tp in done:
                     source._done.pop((tp.topic, tp.partition), None)
             except Exception as error:  # noqa: BLE001 - the new owner redelivers; results are idempotent
@@ -84,14 +106,15 @@ class KafkaSource:
             heartbeat_interval_ms=config.heartbeat_interval_ms, request_timeout_ms=30_000,
             reconnect_backoff_max_ms=5_000)
         settings.update(overrides)
-        try:
-            self._consumer = KafkaConsumer(**settings)
-        except kerrors.NoBrokersAvailable as error:
-            raise DependencyDown("kafka", f"no broker reachable at {list(config.kafka_bootstrap)}") from error
+        self._consumer = _connect(lambda: KafkaConsumer(**settings), config.kafka_bootstrap)
         self._revoked: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], int] = {}  # flushed, not yet committed
         self._paused = False
         self._last_poll = time.monotonic()
+        # A member that stays out of a stable group longer than any legitimate rebalance (which waits
+        # at most max.poll.interval.ms for slow members) rejoins from scratch instead of idling.
+        self._rejoin_after_s = 2 * config.max_poll_interval_ms / 1000 + config.session_timeout_ms / 1000
+        self._unstable_since: float | None = None
         self._consumer.subscribe([config.topic], listener=_Listener(self))
 
     # -- polling --------------------------------------------------------------------------------
@@ -110,7 +133,27 @@ class KafkaSource:
         if self._revoked:  # a rebalance happened mid-fill: the new owner starts from the last commit
             self.give_back([m for m in batch if m.tp in self._revoked])
             batch = [m for m in batch if m.tp not in self._revoked]
+        self._watch_membership()
         return batch
+
+    def healthy(self) -> bool:
+        """True while this consumer is a stable member of its group (with or without partitions)."""
+        return self._consumer.group_metadata().state == MemberState.STABLE
+
+    def _watch_membership(self) -> None:
+        if self.healthy():
+            self._unstable_since = None
+            return
+        now = time.monotonic()
+        if self._unstable_since is None:
+            self._unstable_since = now
+        elif now - self._unstable_since > self._rejoin_after_s:
+            log.error("group_membership_stalled", state=self._consumer.group_metadata().state,
+                      seconds=round(now - self._unstable_since), action="unsubscribe and subscribe again")
+            self._done.clear()  # whatever we held is someone else's now, restarting from the last commit
+            self._consumer.unsubscribe()
+            self._consumer.subscribe([self.config.topic], listener=_Listener(self))
+            self._unstable_since = now
 
     def give_back(self, messages: list[Message]) -> None:
         """Messages dropped unprocessed after a revocation. If their partition was assigned straight
@@ -128,9 +171,10 @@ class KafkaSource:
     def _poll(self, timeout_ms: int, max_records: int) -> dict:
         try:
             records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
-        except kerrors.KafkaError as error:
-            if _is_transient(error):
+        except (kerrors.KafkaError, OSError) as error:
+            if is_transient(error):
                 log.warning("poll_failed", error=repr(error))
+                time.sleep(min(0.5, timeout_ms / 1000))  # never spin on an error that returns at once
                 return {}
             raise
         self._last_poll = time.monotonic()
@@ -194,7 +238,7 @@ class KafkaSource:
             self._done.clear()
             return
         except Exception as error:  # noqa: BLE001 - classified here
-            if _is_transient(error):
+            if is_transient(error):
                 raise DependencyDown("kafka", f"commit failed: {error!r}") from error
             raise
         for tp in pending:
@@ -209,38 +253,56 @@ class KafkaSource:
 
 
 class KafkaDeadLetters:
-    """Dead letters to ``config.dlq_topic`` with acks=all; ``flush`` confirms every send or raises."""
+    """Dead letters to ``config.dlq_topic`` with acks=all; ``flush`` confirms every send or raises.
+
+    A letter the broker refuses for its size (a topic with a smaller ``max.message.bytes``) is sent
+    again with its payload cut to the original's size and digest: a dead letter is never dropped."""
 
     def __init__(self, config: Any, **overrides: Any):
         settings = dict(bootstrap_servers=list(config.kafka_bootstrap), client_id=f"{config.worker_id}-dlq",
                         acks="all", linger_ms=5, max_block_ms=10_000, request_timeout_ms=10_000,
-                        retries=5, reconnect_backoff_max_ms=5_000)
+                        retries=5, reconnect_backoff_max_ms=5_000, max_request_size=1_048_576)
         settings.update(overrides)
         self.topic = config.dlq_topic
-        try:
-            self._producer = KafkaProducer(**settings)
-        except kerrors.NoBrokersAvailable as error:
-            raise DependencyDown("kafka", f"no broker reachable at {list(config.kafka_bootstrap)}") from error
-        self._futures: list[Any] = []
+        self._producer = _connect(lambda: KafkaProducer(**settings), config.kafka_bootstrap)
+        self._pending: list[tuple[Any, Any]] = []  # (dead letter, future)
 
     def send(self, dead_letter: Any) -> None:
-        key = dead_letter.key_bytes()
+        self._pending.append((dead_letter, self._send(dead_letter)))
+
+    def _send(self, dead_letter: Any) -> Any:
         try:
-            self._futures.append(self._producer.send(self.topic, value=dead_letter.to_json(), key=key))
+            return self._producer.send(self.topic, value=dead_letter.to_json(), key=dead_letter.key_bytes())
+        except _TOO_LARGE:  # larger than our own max_request_size: send the digest form at once
+            smaller = dead_letter.truncated(0)
+            log.warning("dead_letter_truncated", offset=dead_letter.offset, payload_size=smaller.payload_size)
+            return self._producer.send(self.topic, value=smaller.to_json(), key=smaller.key_bytes())
         except kerrors.KafkaError as error:
-            if _is_transient(error):
+            if is_transient(error):
                 raise DependencyDown("kafka", f"dead-letter send failed: {error!r}") from error
             raise
 
     def flush(self) -> None:
-        futures, self._futures = self._futures, []
-        try:
-            self._producer.flush(timeout=20)
-        except kerrors.KafkaError as error:
-            raise DependencyDown("kafka", f"dead-letter flush failed: {error!r}") from error
-        failed = [f.exception for f in futures if not f.is_done or f.failed()]
-        if failed:
-            raise DependencyDown("kafka", f"{len(failed)} dead letters not acknowledged: {failed[0]!r}")
+        """Wait until every letter sent since the last flush is acknowledged.
+
+        Raises:
+            DependencyDown: the broker did not acknowledge them all (the loop retries the batch).
+        """
+        for _ in range(2):  # a second round only for letters refused as too large, sent truncated
+            pending, self._pending = self._pending, []
+            try:
+                self._producer.flush(timeout=20)
+            except kerrors.KafkaError as error:
+                raise DependencyDown("kafka", f"dead-letter flush failed: {error!r}") from error
+            for letter, future in pending:
+                if future.is_done and isinstance(future.exception, _TOO_LARGE):
+                    log.warning("dead_letter_truncated", offset=letter.offset, error=repr(future.exception))
+                    self._pending.append((letter, self._send(letter.truncated(0))))
+                elif not future.is_done or future.failed():
+                    raise DependencyDown("kafka", f"dead letter not acknowledged: {future.exception!r}")
+            if not self._pending:
+                return
+        raise DependencyDown("kafka", "dead letters refused as too large even without their payload")
 
     def close(self) -> None:
         try:

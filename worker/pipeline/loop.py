@@ -11,7 +11,10 @@ failure resumes at the failed stage with the same batch:
 6. offsets are committed: last message + 1 per partition, nothing past the batch.
 
 Errors: BadRecord -> dead letter and continue; DependencyDown -> pause the source, back off with
-jitter (keeping the consumer alive), retry; anything else is a bug and propagates uncommitted.
+jitter (keeping the consumer alive), retry. Any other exception raised while handling ONE message
+(decoding it, scoring it, building its record) is that message's failure: it is dead-lettered as
+"processing_failed" with the exception named, so no message content can stop a worker. Exceptions
+outside per-message work (a sink, the source, the commit) are bugs and propagate uncommitted.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import structlog
 
+from schemas import NO_ARTEFACTS, DeadLetter, ImageRef, SchemaError, ScoreRecord, embedded_source, kafka_source
+from worker.core.overlay import overlay_png
+
 from .backoff import backoff_delay
-from .errors import BadRecord, DependencyDown
+from .errors import PROCESSING_FAILED, BadRecord, DependencyDown
 from .sinks import ScoredImage, artefact_store
 
 log = structlog.get_logger("invad.pipeline.loop")
@@ -50,7 +56,6 @@ class Message:
         return (self.topic, self.partition)
 
     def source_dict(self) -> dict[str, Any]:
-        from schemas import embedded_source, kafka_source
         if self.embedded:
             return embedded_source(self.topic, self.offset)
         return kafka_source(self.topic, self.partition, self.offset)
@@ -66,6 +71,7 @@ class Source(Protocol):
     def resume(self) -> None: ...
     def keepalive(self) -> None: ...  # stay in the group while paused; must not consume records
     def keepalive_if_due(self) -> None: ...  # keepalive() when a long batch nears max.poll.interval.ms
+    def healthy(self) -> bool: ...  # a member of its group (Kafka) / always (embedded): the readiness signal
     def take_revoked(self) -> set[tuple[str, int]]: ...  # partitions lost since the last call
     def give_back(self, messages: list[Message]) -> None: ...  # dropped unprocessed: re-read if still ours
     def close(self) -> None: ...
@@ -116,7 +122,7 @@ class Loop:
         self._keep_scores = keep_scores
         self._store = artefact_store(self.sinks)
         self._stop_seen_at: float | None = None
-        self._last_alive = 0.0
+        self._touched: dict[str, float] = {}
         self._health = Path(config.health_dir) if getattr(config, "health_dir", "") else None
 
     # -- driving --------------------------------------------------------------------------------
@@ -124,10 +130,13 @@ class Loop:
         """Process batches until ``stop`` is set (the batch in flight finishes) or the source is
         exhausted. Returns the stats; ``stats.abandoned`` is True when a drain gave up on a batch.
         Bugs propagate with nothing committed for the batch in flight."""
-        self.touch("ready")
         while not self.stop.is_set():
             self.touch("alive")
             batch = self.source.poll_batch(self.config.batch_size, self.config.batch_wait_ms / 1000.0)
+            if self.source.healthy():
+                self.touch("ready")
+            else:
+                self.untouch("ready")
             if not batch:
                 if self.source.exhausted:
                     break
@@ -207,7 +216,6 @@ class Loop:
                 self._drop_revoked(work)
 
     def _stage_decode(self, work: BatchWork) -> None:
-        from schemas import ImageRef, SchemaError
         for item in work.items:
             try:
                 if item.message.value is None:
@@ -218,6 +226,8 @@ class Loop:
                 item.bad = BadRecord(error.reason, error.message)
             except BadRecord as error:
                 item.bad = error
+            except Exception as error:  # noqa: BLE001 - one message's failure, never the worker's
+                item.bad = _processing_failed("decode", item, error)
 
     def _stage_fetch(self, work: BatchWork) -> None:
         live = [item for item in work.items if item.bad is None]
@@ -234,20 +244,41 @@ class Loop:
             if item.bad is None:
                 groups[(id(item.route.detector), item.route.cls)].append(item)
         for items in groups.values():
-            route = items[0].route
-            started = time.perf_counter()
-            classes = None if route.cls is None else [route.cls] * len(items)
-            prediction = route.detector.predict([item.fetched.image for item in items], classes)
-            infer_ms = (time.perf_counter() - started) * 1e3
-            # A threshold per image (class-conditional bundles) or one for the whole batch.
-            thresholds = np.broadcast_to(np.asarray(prediction.threshold, dtype=np.float64).reshape(-1), (len(items),))
-            for index, item in enumerate(items):
-                item.scored = self._build(item, route.detector, prediction, index, infer_ms, float(thresholds[index]))
+            try:
+                self._score_group(items)
+            except DependencyDown:
+                raise
+            except Exception as error:  # noqa: BLE001 - find the message at fault by scoring one at a time
+                if len(items) == 1:
+                    items[0].bad = _processing_failed("score", items[0], error)
+                    continue
+                log.warning("batch_scoring_failed_retrying_one_by_one", size=len(items), error=repr(error))
+                for item in items:
+                    try:
+                        self._score_group([item])
+                    except DependencyDown:
+                        raise
+                    except Exception as one_error:  # noqa: BLE001
+                        item.bad = _processing_failed("score", item, one_error)
+            for item in items:
                 item.fetched = None  # release pixels early; the batch may wait a while for sinks
+
+    def _score_group(self, items: list[Item]) -> None:
+        """Score items of one (detector, class) route and build their records; all or nothing."""
+        route = items[0].route
+        started = time.perf_counter()
+        classes = None if route.cls is None else [route.cls] * len(items)
+        prediction = route.detector.predict([item.fetched.image for item in items], classes)
+        infer_ms = (time.perf_counter() - started) * 1e3
+        # A threshold per image (class-conditional bundles) or one for the whole batch.
+        thresholds = np.broadcast_to(np.asarray(prediction.threshold, dtype=np.float64).reshape(-1), (len(items),))
+        built = [self._build(item, route.detector, prediction, index, infer_ms, float(thresholds[index]))
+                 for index, item in enumerate(items)]
+        for item, scored in zip(items, built):
+            item.scored = scored
 
     def _build(self, item: Item, detector: Any, prediction: Any, index: int, infer_ms: float,
                threshold: float) -> ScoredImage:
-        from schemas import NO_ARTEFACTS, ScoreRecord
         ref, fetched = item.ref, item.fetched
         anomaly_map = np.asarray(prediction.anomaly_map[index], dtype=np.float32)  # (S, S)
         flagged = bool(prediction.pred_label[index])
@@ -272,10 +303,8 @@ class Loop:
             is_anomaly=flagged, threshold=threshold, model_name=detector.name,
             model_version=str(getattr(detector, "version", "unknown")), map_stats=map_stats, artefacts=artefacts, timings_ms=timings,
             worker_id=self.config.worker_id, source=item.message.source_dict(), attributes=ref.attributes)
-        overlay = None
-        if flagged:
-            from worker.core.overlay import overlay_png
-            overlay = overlay_png(fetched.image, anomaly_map)
+        record.to_json()  # serialise once here: a record that cannot be encoded fails its message, not a sink
+        overlay = overlay_png(fetched.image, anomaly_map) if flagged else None
         return ScoredImage(record=record, original=fetched.data if flagged else None, original_ext=fetched.ext,
                            overlay=overlay)
 
@@ -288,7 +317,6 @@ class Loop:
                 sink.flush()
 
     def _stage_dead_letters(self, work: BatchWork) -> None:
-        from schemas import DeadLetter
         bad = [item for item in work.items if item.bad is not None]
         if not bad:
             return
@@ -334,18 +362,36 @@ class Loop:
         return out
 
     def touch(self, name: str) -> None:
-        """Touch ``{health_dir}/{name}`` (at most once a second for "alive"): the pod's probes read it."""
+        """Touch ``{health_dir}/{name}`` (each at most once a second): the pod's probes read it."""
         if self._health is None:
             return
         now = time.monotonic()
-        if name == "alive" and now - self._last_alive < 1.0:
+        if now - self._touched.get(name, -1.0) < 1.0:
             return
-        self._last_alive = now if name == "alive" else self._last_alive
+        self._touched[name] = now
         try:
             self._health.mkdir(parents=True, exist_ok=True)
             (self._health / name).touch()
         except OSError as error:  # a full /tmp must not stop scoring; the probe will notice
             log.warning("health_touch_failed", file=name, error=str(error))
+
+
+    def untouch(self, name: str) -> None:
+        """Remove ``{health_dir}/{name}``: the readiness probe fails until it is touched again."""
+        if self._health is not None and self._touched.pop(name, None) is not None:
+            try:
+                os.unlink(self._health / name)
+            except OSError:
+                pass
+
+
+def _processing_failed(stage: str, item: Item, error: BaseException) -> BadRecord:
+    """The dead-letter form of an unexpected exception while handling one message; logged with its
+    traceback, because a run of these usually means a bug or a broken model, not bad input."""
+    m = item.message
+    log.error("message_processing_failed", stage=stage, partition=m.partition, offset=m.offset,
+              image_id=getattr(item.ref, "image_id", None), error=repr(error), exc_info=error)
+    return BadRecord(PROCESSING_FAILED, f"{stage}: {type(error).__name__}: {error}")
 
 
 def remove_health(config: Any) -> None:

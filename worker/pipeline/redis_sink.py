@@ -4,7 +4,8 @@ One batch is one MULTI/EXEC round trip: for each image a SET of the ScoreRecord 
 ZADD to the line's recent (by capture time) and top (by score) sets, and for a flagged image the
 alert script of :mod:`schemas.redis_layout`, which adds a stream entry only if the image's
 ``alerted`` marker is absent and sets the marker in the same atomic step. A redelivered batch
-therefore rewrites identical records and adds no second alert. Each line's sets are trimmed once
+therefore overwrites each image's record (see schemas/REDIS_LAYOUT.md for what may differ) and adds no
+second alert. Each line's sets are trimmed once
 per batch.
 """
 

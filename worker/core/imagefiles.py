@@ -1,5 +1,8 @@
 """Which files are images, and the image files under a folder: one rule for every command that lists them
-(`invad train/score/eval`, `invad produce`, `invad work --source`)."""
+(`invad train/score/eval`, `invad produce`, `invad work --source`).
+
+Standard library only: the producers import it, and they never load numpy, PIL or torch.
+"""
 
 from __future__ import annotations
 

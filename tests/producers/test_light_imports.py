@@ -23,7 +23,7 @@ def _loaded_after(code: str) -> list[str]:
 
 def test_producers_and_the_shared_helpers_import_no_heavy_module():
     assert _loaded_after("import producers.cli, producers.sources, producers.s3, producers.publisher\n"
-                         "import worker.common.imagefiles, worker.common.s3client, worker.common.cliargs") == []
+                         "import worker.core.imagefiles, worker.common.s3client, worker.common.cliargs") == []
 
 
 def test_the_invad_parser_does_not_load_torch():

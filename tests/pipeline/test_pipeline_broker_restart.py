@@ -1,0 +1,124 @@
+"""Kafka outages against a private, real broker (started by scripts/services.sh on ports of its own, so
+the shared broker of the other tests stays up): a worker started while the broker is unreachable
+waits for it, and two workers live through a broker restart mid-stream with nothing lost and no
+alert doubled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kafka_helpers import (REPO, KafkaEnv, alert_ids, all_committed, produce, refs_for, start_worker_process,
+                           stored_records, texture_pngs, upload_images, wait_for)
+
+pytestmark = pytest.mark.services
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateBroker:
+    """A single-node KRaft broker of its own (run dir, ports), stopped and started at will; its log
+    directory survives a restart, as a real broker's does."""
+
+    def __init__(self, run_dir: Path, redis_url: str, s3_endpoint: str):
+        self.port, controller = free_port(), free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "INVAD_RUN_DIR": str(run_dir), "INVAD_KAFKA_PORT": str(self.port),
+                    "INVAD_KAFKA_CONTROLLER_PORT": str(controller),
+                    # only Kafka: the shared Redis and S3 are passed through, not started
+                    "INVAD_TEST_REDIS_URL": redis_url, "INVAD_TEST_S3_ENDPOINT": s3_endpoint}
+        self.env.pop("INVAD_TEST_KAFKA", None)
+
+    def _services(self, command: str) -> None:
+        done = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), command], env=self.env,
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"services.sh {command} failed:\n{done.stderr[-3000:]}"
+
+    def start(self) -> None:
+        self._services("start")
+
+    def stop(self) -> None:
+        self._services("stop")
+
+
+@pytest.fixture
+def broker(tmp_path, redis_url, s3_settings):
+    private = PrivateBroker(tmp_path / "kafka-run", redis_url, s3_settings["endpoint"])
+    yield private
+    private.stop()
+
+
+def events(log: Path) -> list[str]:
+    names = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                names.append(json.loads(line).get("event"))
+            except ValueError:
+                pass
+    return names
+
+
+def test_worker_started_before_the_broker_waits_for_it(broker, redis_url, s3_settings, tiny_bundle, tmp_path):
+    kenv = KafkaEnv(broker.bootstrap, redis_url, s3_settings, partitions=2, models=str(tiny_bundle))
+    log = tmp_path / "worker.log"
+    proc = start_worker_process(kenv, log)
+    try:
+        # kafka-python gives up on an unreachable bootstrap after request_timeout_ms (30 s): the
+        # worker must call that an outage and try again, not exit.
+        wait_for(lambda: "dependency_down_at_start" in events(log), 90, "the first failed connection")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        broker.start()
+        kenv.setup()
+        images = texture_pngs(4, 2, seed=21)
+        upload_images(kenv, images)
+        produce(kenv, refs_for(kenv, images))
+        wait_for(lambda: len(stored_records(kenv)) == len(images) and all_committed(kenv), 180, "scores")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_broker_restart_mid_stream_loses_nothing(broker, redis_url, s3_settings, tiny_bundle, tmp_path):
+    broker.start()
+    kenv = KafkaEnv(broker.bootstrap, redis_url, s3_settings, partitions=4, models=str(tiny_bundle)).setup()
+    images = texture_pngs(24, 8, seed=23)
+    upload_images(kenv, images)
+    refs = refs_for(kenv, images, lines=8)
+    produce(kenv, refs[:20])
+    procs = [start_worker_process(kenv, tmp_path / f"w{i}.log", INVAD_WORKER_ID=f"w{i}",
+                                  INVAD_TEST_PREDICT_DELAY_S="0.3") for i in range(2)]
+    try:
+        wait_for(lambda: len(stored_records(kenv)) >= 6, 120, "progress before the restart")
+        broker.stop()  # SIGTERM to the broker mid-batch: commits and polls now fail
+        time.sleep(5)  # several backoff rounds with the broker gone
+        assert [p.poll() for p in procs] == [None, None], "a worker exited when the broker went away"
+        broker.start()
+        produce(kenv, refs[20:])
+        wait_for(lambda: len(stored_records(kenv)) == len(images) and all_committed(kenv), 240,
+                 "every image after the restart")
+        assert [p.poll() for p in procs] == [None, None], "a worker exited during the broker restart"
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    records = stored_records(kenv)
+    assert sorted(records) == sorted(f"img/{name}" for name in images)
+    flagged = sorted(i for i, r in records.items() if r.is_anomaly)
+    assert sorted(alert_ids(kenv)) == flagged, "an alert was lost or raised twice"
