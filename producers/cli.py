@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
+from tqdm import tqdm
+
 from schemas import ImageRef
 from schemas.image_ref import ATTRIBUTE_KEY_RE, LINE_ID_RE, MAX_ATTRIBUTES, PRODUCT_RE
+from worker.common.cliargs import UsageError, positive_int
 
+from .admin import TopicError, check_topic_name, ensure_topic
+from .publisher import PublishError, Publisher
 from .rate import TokenBucket, parse_rate
+from .s3 import S3, S3Error, parse_s3_uri
 from .sources import RefTemplate, SourceError, open_source
 
 DEFAULT_TOPIC = "invad.images"
@@ -57,19 +63,7 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
 def _s3_uri(text: str) -> str:
-    from .s3 import parse_s3_uri
-
     try:
         parse_s3_uri(text)
     except ValueError as exc:
@@ -102,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attribute for every image (string value); repeatable")
     parser.add_argument("--rate", type=_rate, help="cap in images per second: 50, 2.5, 600/min, 3600/h")
     parser.add_argument("--create-topic", action="store_true", help="create the topic if missing")
-    parser.add_argument("--partitions", type=_positive_int, help="partitions for --create-topic (default 1)")
-    parser.add_argument("--replication-factor", type=_positive_int,
+    parser.add_argument("--partitions", type=positive_int, help="partitions for --create-topic (default 1)")
+    parser.add_argument("--replication-factor", type=positive_int,
                         help="replication factor for --create-topic (default 1)")
     parser.add_argument("--upload", type=_s3_uri, metavar="s3://BUCKET/PREFIX",
                         help="upload local images to BUCKET/PREFIX/<image_id> first and reference them there")
@@ -112,10 +106,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the ImageRef JSON lines instead of sending (nothing is uploaded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-class UsageError(ValueError):
-    """A flag combination or environment value that cannot work; exit code 2."""
 
 
 @dataclass
@@ -129,8 +119,6 @@ class Tally:
 
 def _resolve(args: argparse.Namespace) -> dict:
     """Flags merged with environment defaults, cross-checked. Raises UsageError."""
-    from .admin import check_topic_name
-
     bootstrap = args.bootstrap or os.environ.get("INVAD_KAFKA_BOOTSTRAP")
     topic = args.topic or os.environ.get("INVAD_TOPIC") or DEFAULT_TOPIC
     endpoint = args.s3_endpoint or os.environ.get("INVAD_S3_ENDPOINT") or None
@@ -163,8 +151,6 @@ def _resolve(args: argparse.Namespace) -> dict:
 
 
 def _uploader(s3, target: str, dry_run: bool):
-    from .s3 import parse_s3_uri
-
     bucket, prefix = parse_s3_uri(target)
     prefix = prefix.strip("/")
 
@@ -177,8 +163,6 @@ def _uploader(s3, target: str, dry_run: bool):
 
 def _paced(refs: Iterable[ImageRef], bucket: TokenBucket | None, tally: Tally) -> Iterator[ImageRef]:
     # Stops cleanly on a fatal source error (e.g. S3 down) so records already sent are still reported.
-    from .s3 import S3Error
-
     try:
         for ref in refs:
             if bucket is not None:
@@ -190,8 +174,6 @@ def _paced(refs: Iterable[ImageRef], bucket: TokenBucket | None, tally: Tally) -
 
 def run(args: argparse.Namespace) -> int:
     """Execute `invad produce` with parsed ``args``; returns the exit code (0, 1, 2, or 130 on Ctrl-C)."""
-    from tqdm import tqdm
-
     try:
         opts = _resolve(args)
     except UsageError as exc:
@@ -206,8 +188,6 @@ def run(args: argparse.Namespace) -> int:
 
     s3 = None
     if args.upload or args.source.startswith("s3://"):
-        from .s3 import S3
-
         s3 = S3(endpoint_url=opts["endpoint"])
     template = RefTemplate(producer=opts["producer"], line_id=args.line_id, product=args.product,
                            camera_id=args.camera_id, attributes=dict(args.attr))
@@ -245,9 +225,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _publish(args, opts: dict, refs: Iterator[ImageRef], tally: Tally, bar) -> None:
-    from .admin import TopicError, ensure_topic
-    from .publisher import PublishError, Publisher
-
     try:
         if args.create_topic:
             status = ensure_topic(opts["bootstrap"], opts["topic"], args.partitions or 1,

@@ -1,27 +1,20 @@
 """Where ImageRefs come from: a local folder, a glob, an S3 prefix, or lines on stdin.
 
-Image ids are deterministic, so publishing the same images again overwrites the same Redis records and
-never raises a second alert:
-
-    image_id = "{line_id}/{relative path}"
-
-where the relative path is taken from the source root (the folder; the fixed part of a glob; the S3
-prefix up to its last "/"; a stdin path as written, without a leading "/"). Characters outside
-[A-Za-z0-9_:-.] become "_", and ".." and leading/trailing dots in a segment become "_". When anything was
-replaced, or the id would exceed 256 characters (then it is truncated), "-" and the first 8 hex digits of
-the SHA-256 of the unsanitised "{line_id}/{relative path}" are added before the extension, so distinct
-files keep distinct ids.
+Image ids follow :func:`schemas.image_id.derive_image_id`, "{line_id}/{relative path}" with the path
+taken from the source root (the folder; the fixed part of a glob; the S3 prefix up to its last "/"; a
+stdin path as written, without a leading "/"). They are deterministic, so publishing the same images again
+overwrites the same Redis records and never raises a second alert, and embedded mode gives a folder's
+files the same ids.
 
 captured_at is the file's modification time (S3: LastModified; remote URIs on stdin: now), in UTC.
-Only files with an image extension (IMAGE_EXTENSIONS, any case) are picked up, in sorted path order.
+Only files with an image extension (worker.core.imagefiles, any case) are picked up, in sorted path
+order.
 """
 
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -29,12 +22,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from schemas import ImageRef, SchemaError
-from schemas.image_ref import IMAGE_ID_MAX_LEN
+from schemas.image_id import derive_image_id
+from worker.core.imagefiles import IMAGE_EXTENSIONS, ImageFile, is_image_file, list_image_files
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_:.-]")
-_DOTS = re.compile(r"\.{2,}")
+from .s3 import S3, parse_s3_uri
 
 OnError = Callable[[str, str], None]  # (what, message): a per-item problem that was skipped
 
@@ -72,14 +63,6 @@ def _need_line_id(template: RefTemplate) -> str:
     return template.line_id
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """A local image: absolute path and the relative path (POSIX) its id and upload key come from."""
-
-    path: Path
-    rel: str
-
-
 @dataclass
 class Source:
     """refs: the ImageRefs, lazily (uploads happen while iterating); total: count when known up front."""
@@ -89,75 +72,42 @@ class Source:
     description: str
 
 
-def _segment(text: str) -> str:
-    text = _DOTS.sub("_", _UNSAFE.sub("_", text))
-    if text.startswith("."):
-        text = "_" + text[1:]
-    if text.endswith("."):
-        text = text[:-1] + "_"
-    return text
-
-
-def derive_image_id(line_id: str, rel: str) -> str:
-    """The deterministic image id of ``rel`` on ``line_id`` (rules in the module docstring)."""
-    original = "/".join([line_id, *[p for p in rel.split("/") if p]])
-    image_id = "/".join(_segment(p) for p in original.split("/"))
-    if image_id == original and len(image_id) <= IMAGE_ID_MAX_LEN:
-        return image_id
-    tag = "-" + hashlib.sha256(original.encode("utf-8")).hexdigest()[:8]
-    head, _, last = image_id.rpartition("/")
-    stem, dot, ext = last.rpartition(".")
-    if not dot or not stem or len(ext) > 8:
-        stem, ext = last, ""
-    ext = "." + ext if ext else ""
-    body = (head + "/" if head else "") + stem
-    # Truncation may end a segment on "/" or "."; strip those so the result stays a valid id.
-    body = body[: IMAGE_ID_MAX_LEN - len(tag) - len(ext)].rstrip("/.")
-    return body + tag + ext
-
-
-def is_image(name: str) -> bool:
-    """True when ``name`` has one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def list_folder(root: str | Path) -> list[LocalFile]:
+def list_folder(root: str | Path) -> list[ImageFile]:
     """Image files under ``root`` (recursive; a single file gives itself), sorted by relative path.
 
     Raises:
         SourceError: ``root`` does not exist.
     """
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if root.is_file():
-        return [LocalFile(root.resolve(), root.name)]
+        return [ImageFile(root, root.name)]
     if not root.is_dir():
         raise SourceError(f"{str(root)!r} is not a folder or file")
-    files = [p for p in root.rglob("*") if p.is_file() and is_image(p.name)]
-    return sorted((LocalFile(p.resolve(), p.relative_to(root).as_posix()) for p in files), key=lambda f: f.rel)
+    return list_image_files(root)
 
 
-def list_glob(pattern: str) -> list[LocalFile]:
+def list_glob(pattern: str) -> list[ImageFile]:
     """Image files matching ``pattern`` ("**" recurses), relative to its fixed leading folder, sorted."""
     parts = Path(pattern).expanduser().parts
     first_magic = next((i for i, part in enumerate(parts) if globlib.has_magic(part)), len(parts))
     base = Path(*parts[:first_magic]) if first_magic else Path(".")
     matches = globlib.glob(str(Path(pattern).expanduser()), recursive=True)
-    files = [Path(m) for m in matches if os.path.isfile(m) and is_image(m)]
-    return sorted((LocalFile(p.resolve(), p.relative_to(base).as_posix()) for p in files), key=lambda f: f.rel)
+    files = sorted(Path(m) for m in matches if is_image_file(m) and os.path.isfile(m))
+    return [ImageFile(p.resolve(), p.relative_to(base).as_posix()) for p in files]
 
 
 def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
 
 
-def local_ref(file: LocalFile, template: RefTemplate, upload: Uploader | None) -> ImageRef:
+def local_ref(file: ImageFile, template: RefTemplate, upload: Uploader | None) -> ImageRef:
     """The ImageRef of a local file: uploaded first when ``upload`` is given, else a file:// URI."""
     image_id = derive_image_id(_need_line_id(template), file.rel)
     uri = upload(file.path, image_id) if upload else file.path.as_uri()
     return template.build(image_id, uri, _mtime(file.path))
 
 
-def local_refs(files: Iterable[LocalFile], template: RefTemplate, upload: Uploader | None,
+def local_refs(files: Iterable[ImageFile], template: RefTemplate, upload: Uploader | None,
                on_error: OnError) -> Iterator[ImageRef]:
     """ImageRefs of ``files``; an unreadable file is reported to ``on_error`` and skipped."""
     for file in files:
@@ -167,19 +117,17 @@ def local_refs(files: Iterable[LocalFile], template: RefTemplate, upload: Upload
             on_error(str(file.path), str(exc))
 
 
-def s3_refs(s3, uri: str, template: RefTemplate, on_error: OnError) -> Iterator[ImageRef]:
-    """ImageRefs of the images under an s3://bucket/prefix (``s3``: a producers.s3.S3), in key order.
+def s3_refs(s3: S3, uri: str, template: RefTemplate, on_error: OnError) -> Iterator[ImageRef]:
+    """ImageRefs of the images under an s3://bucket/prefix, in key order.
 
     A key that makes no valid ImageRef is reported to ``on_error`` and skipped; a failed listing raises
     producers.s3.S3Error.
     """
-    from .s3 import parse_s3_uri
-
     line_id = _need_line_id(template)
     bucket, prefix = parse_s3_uri(uri)
     root = prefix[: prefix.rfind("/") + 1]
     for obj in s3.list_objects(bucket, prefix):
-        if not is_image(obj.key):
+        if not is_image_file(obj.key):
             continue
         try:
             yield template.build(derive_image_id(line_id, obj.key[len(root):]), f"s3://{bucket}/{obj.key}",
@@ -209,7 +157,7 @@ def line_ref(line: str, template: RefTemplate, upload: Uploader | None) -> Image
     if not path.is_file():
         raise SourceError(f"{text!r} is not a readable file")
     rel = PurePosixPath(os.path.normpath(text)).as_posix().lstrip("/")
-    return local_ref(LocalFile(path.resolve(), rel), template, upload)
+    return local_ref(ImageFile(path.resolve(), rel), template, upload)
 
 
 def stdin_refs(lines: Iterable[str], template: RefTemplate, upload: Uploader | None,
@@ -225,7 +173,7 @@ def stdin_refs(lines: Iterable[str], template: RefTemplate, upload: Uploader | N
 
 
 def open_source(spec: str, template: RefTemplate, *, on_error: OnError, upload: Uploader | None = None,
-                s3=None, stdin: Iterable[str] | None = None) -> Source:
+                s3: S3 | None = None, stdin: Iterable[str] | None = None) -> Source:
     """The Source for a CLI SOURCE argument: "-" (stdin), "s3://bucket/prefix", a glob, a folder or a file.
 
     Raises:

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 from .image_ref import IMAGE_ID_RE, LINE_ID_RE
 
+# The defaults of every deployment setting of the layout; the worker's configuration takes them from here.
 DEFAULT_PREFIX = "invad"
 DEFAULT_RECORD_TTL_S = 7 * 24 * 3600
 DEFAULT_RECENT_MAX = 10_000
 DEFAULT_TOP_MAX = 1_000
 DEFAULT_ALERTS_MAXLEN = 100_000
 
-PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+PREFIX_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"  # and not ending with ":"
+PREFIX_RE = re.compile(f"^{PREFIX_PATTERN}$")
 
 # Adds an alert at most once per image_id, atomically (a Lua script runs without interleaving):
 # a redelivered message finds the marker and adds nothing; a crash cannot separate marker and entry.

@@ -1,7 +1,7 @@
 """The ``invad`` command: train, score, eval, bench, demo (detector) and produce, work (pipeline).
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
-names it and how to fix it. Heavy imports (torch, kafka) happen inside the subcommand that needs them.
+names it and how to fix it. torch is imported only inside the subcommands that need it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """A bad command-line value; printed without a traceback, exit status 2."""
+from .common.cliargs import UsageError, positive_int
 
 
 def _int_list(text: str) -> list[int]:
@@ -24,16 +22,6 @@ def _int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _probability(text: str) -> float:
@@ -59,19 +47,19 @@ def _add_train(sub) -> None:
                    help="efficientnet-lite0..4 (packaged weights), efficientnet_b4 or wide_resnet50_2 (--backbone-weights)")
     p.add_argument("--backbone-weights", default=None, help="ImageNet weight file (.pth state dict or .safetensors)")
     p.add_argument("--strides", type=_int_list, default=[4, 8, 16], help="feature strides to tap (default 4,8,16)")
-    p.add_argument("--image-size", type=_positive_int, default=256)
-    p.add_argument("--steps", type=_positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
+    p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--steps", type=positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
     p.add_argument("--score", default="nll,map_max", help="score components: nll, range, map_max, map_mean")
     p.add_argument("--target-fpr", type=_probability, default=0.01, help="false-positive rate on normals (default 0.01)")
     p.add_argument("--validation", default=None, help="labelled MVTec-layout category (or 'elpv'): F1-max threshold")
-    p.add_argument("--iterations", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--width", type=_positive_int, default=None, help="denoiser hidden channels")
-    p.add_argument("--blocks", type=_positive_int, default=None, help="denoiser residual blocks")
+    p.add_argument("--iterations", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None, help="denoiser hidden channels")
+    p.add_argument("--blocks", type=positive_int, default=None, help="denoiser residual blocks")
     p.add_argument("--kernel-size", type=int, choices=(1, 3, 5), default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--calib-fraction", type=_probability, default=None, help="held-out normal fraction (default 0.2)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (default 250)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints (default 250)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint after an interruption")
@@ -105,7 +93,7 @@ def _add_score(sub) -> None:
     p.add_argument("--model", required=True, help="bundle folder")
     p.add_argument("--product", default=None, help="product class for a class-conditional bundle")
     p.add_argument("--overlays", default=None, help="write heat-map overlay PNGs into this folder")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default=None)
     p.set_defaults(run=_run_score)
 
@@ -164,7 +152,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--report", required=True, help="JSON report path; a .md table and PNG plots are written beside it")
     p.add_argument("--compare", action="store_true", help="add the reconstruction and per-position Gaussian baselines")
     p.add_argument("--steps", type=_int_list, default=None, help="also report these inversion step counts")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default=None)
     p.set_defaults(run=_run_eval)
 
@@ -189,13 +177,13 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32, 64],
                    help="batch sizes (default 1,8,32,64); the pipeline target uses only the largest")
     p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 4, 5])
-    p.add_argument("--repeats", type=_positive_int, default=3)
-    p.add_argument("--image-size", type=_positive_int, default=256)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--image-size", type=positive_int, default=256)
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
     pipe = p.add_argument_group("pipeline target (real Kafka, Redis and S3; S3 keys from INVAD_TEST_S3_ACCESS_KEY/"
                                 "INVAD_TEST_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
-    pipe.add_argument("--images", type=_positive_int, default=200, help="images per pipeline run (default 200)")
+    pipe.add_argument("--images", type=positive_int, default=200, help="images per pipeline run (default 200)")
     pipe.add_argument("--workers-scaling", choices=("on", "off"), default="on",
                       help="also run 1 vs 2 workers limited to one core each (default on)")
     pipe.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $INVAD_TEST_KAFKA, else $INVAD_KAFKA_BOOTSTRAP)")

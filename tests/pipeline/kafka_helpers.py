@@ -52,9 +52,9 @@ class KafkaEnv:
         return self
 
     def s3_client(self) -> Any:
-        from worker.pipeline import s3
-        return s3.make_client(endpoint=self.s3["endpoint"], region=self.s3["region"], access_key=self.s3["access_key"],
-                              secret_key=self.s3["secret_key"], timeout_s=5)
+        from worker.common import s3client
+        return s3client.make_client(endpoint=self.s3["endpoint"], region=self.s3["region"], access_key=self.s3["access_key"],
+                                    secret_key=self.s3["secret_key"], timeout_s=5)
 
     def redis(self) -> Any:
         import redis

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from worker.pipeline.cli import run_embedded
-from worker.pipeline.embedded import StdinSource, image_id_for
+from worker.pipeline.embedded import StdinSource
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
@@ -32,21 +32,23 @@ def test_folder_to_sqlite_and_folder(image_folder, registry, tmp_path):
     summary = run_embedded(folder, registry, tmp_path / "s.db", tmp_path / "out", batch_size=4)
     assert summary["scored"] == len(labels) and summary["dead_lettered"] == {}
     scores = dict(_rows(tmp_path / "s.db", "SELECT image_id, is_anomaly FROM scores"))
-    flags = {name: bool(flag) for name, flag in scores.items()}
+    assert all(image_id.startswith("local/") for image_id in scores)  # the default line id, as in `invad produce`
+    flags = {image_id.removeprefix("local/"): bool(flag) for image_id, flag in scores.items()}
     assert sorted(flags) == sorted(labels) and summary["flagged"] == sum(flags.values())
     _assert_model_separates(flags, labels)
     alerts = _rows(tmp_path / "s.db", "SELECT image_id, overlay_uri FROM alerts ORDER BY seq")
-    assert sorted(a[0] for a in alerts) == sorted(n for n, flagged in flags.items() if flagged)
+    assert sorted(a[0] for a in alerts) == sorted(f"local/{n}" for n, flagged in flags.items() if flagged)
+    out = tmp_path / "out" / "default" / "local"
     for image_id, overlay_uri in alerts:
-        base = tmp_path / "out" / "default" / "local" / image_id
-        assert (base / "original.png").read_bytes() == (folder / image_id).read_bytes()
+        name = image_id.removeprefix("local/")
+        base = out / image_id
+        assert (base / "original.png").read_bytes() == (folder / name).read_bytes()
         assert (base / "overlay.png").read_bytes().startswith(b"\x89PNG")
         record = json.loads((base / "record.json").read_text())
         assert record["artefacts"]["overlay"] == overlay_uri == (base / "overlay.png").as_uri()
-        assert record["source"] == {"name": f"folder:{folder.resolve()}", "position": sorted(labels).index(image_id)}
+        assert record["source"] == {"name": f"folder:{folder.resolve()}", "position": sorted(labels).index(name)}
     # nothing written for images that were not flagged
-    out = tmp_path / "out" / "default" / "local"
-    assert not any((out / n).exists() for n, flagged in flags.items() if not flagged)
+    assert not any((out / "local" / n).exists() for n, flagged in flags.items() if not flagged)
 
 
 def test_rerun_resumes_and_never_alerts_twice(image_folder, registry, tmp_path):
@@ -135,12 +137,25 @@ def test_stdin_source_honours_wait_and_eof(image_folder, tmp_path):
     assert source.poll_batch(100, 0.05) == [] and source.exhausted
 
 
-def test_image_ids_are_schema_valid_and_distinct():
+def test_produce_and_embedded_mode_give_a_file_the_same_id(registry, tmp_path, capsys, monkeypatch):
+    """`invad produce DIR` and `invad work --source DIR` name every file alike, odd names included, so
+    Redis records, alerts and artefact keys of both paths line up."""
+    from helpers import write_images
     from schemas.image_ref import IMAGE_ID_RE
-    paths = ["good/000.png", "a b.png", "a_b.png", "x/../y.png", "..hidden.png", "ü.png"]
-    ids = [image_id_for(p) for p in paths]
-    assert ids[0] == "good/000.png"
-    assert len(set(ids)) == len(ids) and all(IMAGE_ID_RE.match(i) for i in ids)
+    from worker.cli import main
+
+    folder = tmp_path / "images"
+    write_images(folder / "good", 2, 0)
+    write_images(folder / "cam 1", 1, 1)
+    (folder / "x..y.png").write_bytes((folder / "good" / "good_000.png").read_bytes())
+    monkeypatch.delenv("INVAD_KAFKA_BOOTSTRAP", raising=False)
+    capsys.readouterr()
+    assert main(["produce", str(folder), "--line-id", "line-7", "--dry-run", "--quiet"]) == 0
+    produced = sorted(json.loads(line)["image_id"] for line in capsys.readouterr().out.splitlines())
+    run_embedded(folder, registry, tmp_path / "s.db", None, line_id="line-7")
+    embedded = sorted(row[0] for row in _rows(tmp_path / "s.db", "SELECT image_id FROM scores"))
+    assert embedded == produced and len(produced) == 5
+    assert "line-7/good/good_000.png" in produced and all(IMAGE_ID_RE.match(i) for i in produced)
 
 
 def test_run_embedded_needs_a_sink(image_folder, registry):

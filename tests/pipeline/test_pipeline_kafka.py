@@ -57,7 +57,7 @@ def test_end_to_end_real_model_and_embedded_equivalence(kenv, registry, tmp_path
     summary = run_embedded(folder, registry, tmp_path / "e.db", None, batch_size=5)
     kafka_scores = {i.split("/", 1)[1]: r.score for i, r in records.items()}
     assert summary["scored"] == len(images)
-    np.testing.assert_allclose([summary["scores"][n] for n in sorted(images)],
+    np.testing.assert_allclose([summary["scores"][f"local/{n}"] for n in sorted(images)],
                                [kafka_scores[n] for n in sorted(images)], rtol=1e-4, atol=1e-4)
 
 

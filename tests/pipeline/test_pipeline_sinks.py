@@ -86,9 +86,9 @@ def test_redis_down_raises_dependency_down_then_recovers(redis_url):
 
 @pytest.fixture
 def s3_client(s3_settings):
-    from worker.pipeline import s3
-    return s3.make_client(endpoint=s3_settings["endpoint"], region=s3_settings["region"],
-                          access_key=s3_settings["access_key"], secret_key=s3_settings["secret_key"], timeout_s=5)
+    from worker.common import s3client
+    return s3client.make_client(endpoint=s3_settings["endpoint"], region=s3_settings["region"],
+                                access_key=s3_settings["access_key"], secret_key=s3_settings["secret_key"], timeout_s=5)
 
 
 def test_s3_sink_writes_flagged_artefacts_idempotently(s3_client):
@@ -135,13 +135,13 @@ def test_fetcher_classifies_s3_file_and_https(s3_client, s3_settings, tmp_path):
 
 
 def test_fetcher_s3_down_is_transient(s3_settings):
-    from worker.pipeline import s3
+    from worker.common import s3client
     from worker.pipeline.fetch import Fetcher
     parts = urlsplit(s3_settings["endpoint"])
     with TCPProxy(parts.hostname, parts.port) as proxy:
         proxy.cut()
-        client = s3.make_client(endpoint=f"http://{proxy.address}", region="us-east-1",
-                                access_key=s3_settings["access_key"], secret_key=s3_settings["secret_key"], timeout_s=1)
+        client = s3client.make_client(endpoint=f"http://{proxy.address}", region="us-east-1",
+                                      access_key=s3_settings["access_key"], secret_key=s3_settings["secret_key"], timeout_s=1)
         fetcher = Fetcher(max_bytes=1000, max_pixels=1000, s3_client_factory=lambda: client)
         with pytest.raises(DependencyDown) as info:
             fetcher.fetch_all(["s3://somebucket/x.png"])

@@ -57,7 +57,7 @@ def test_token_bucket_rejects_bad_settings(kwargs):
 @pytest.mark.parametrize("flags, shown", [
     (["--rate", "0"], "--rate: rate '0' is not a positive number of images per second"),
     (["--rate", "fast"], "'fast'"),
-    (["--create-topic", "--partitions", "0"], "--partitions: '0' is not a whole number >= 1"),
+    (["--create-topic", "--partitions", "0"], "--partitions: '0' is not a positive integer (a whole number >= 1)"),
     (["--attr", "novalue"], "'novalue' is not key=value"),
     (["--attr", "bad key=1"], "'bad key=1' is not key=value"),
     (["--line-id", "line 3"], "--line-id 'line 3' is not allowed"),

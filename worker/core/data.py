@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .images import is_image_file
+from .imagefiles import IMAGE_EXTENSIONS, list_image_files
 
 ELPV = "elpv"
 ELPV_TRAIN_FRACTION = 0.6
@@ -40,7 +40,7 @@ class DatasetLayoutError(ValueError):
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted for reproducibility."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    return [file.path for file in list_image_files(folder)]
 
 
 def is_mvtec_category(folder: Path) -> bool:
@@ -67,7 +67,7 @@ def normal_training_images(data: str | os.PathLike) -> list[Path]:
         folder = good
     images = list_images(folder)
     if not images:
-        raise DatasetLayoutError(f"no images in {folder} (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)")
+        raise DatasetLayoutError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return images
 
 

@@ -1,7 +1,9 @@
-"""Image decoding with explicit limits, shared by the CLI, the datasets and the streaming worker.
+"""Image decoding with explicit limits, and PNG encoding, shared by the CLI, the datasets, the streaming
+worker and the benchmarks.
 
 Every image that enters the detector goes through :func:`decode_image` or :func:`load_image`, so
-"unreadable", "truncated", "unknown mode" and "too large" are decided in one place.
+"unreadable", "truncated", "unknown mode" and "too large" are decided in one place; every PNG the
+project writes (overlays, benchmark inputs) comes from :func:`encode_png`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -25,10 +26,6 @@ class ImageDecodeError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -87,6 +84,13 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         raise ImageDecodeError("image_invalid", f"{name}: not a readable image ({type(error).__name__}: {error})") from error
     return _to_rgb(image, name)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """The PNG bytes of ``image`` (any PIL mode PNG can hold), at the default compression level."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
+
+from .images import encode_png
 
 # A compact perceptual colour ramp (dark blue -> cyan -> yellow -> red), interpolated linearly.
 _RAMP = np.array([[0, 0, 80], [0, 90, 200], [0, 200, 200], [240, 230, 0], [255, 90, 0], [200, 0, 0]], np.float32)
@@ -35,14 +35,8 @@ def render_overlay(image: Image.Image, anomaly_map: np.ndarray, *, vmin: float =
     return Image.blend(image.convert("RGB"), heat, alpha)
 
 
-def to_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
 def overlay_png(image: Image.Image, anomaly_map: np.ndarray, threshold: float | None = None) -> bytes:
     """PNG bytes of the overlay; with ``threshold`` the colour scale runs from 0 to 2x the threshold,
     so red always means "well past the alarm level" whatever the image."""
     vmax = None if threshold is None or threshold <= 0 else 2.0 * threshold
-    return to_png(render_overlay(image, anomaly_map, vmax=vmax))
+    return encode_png(render_overlay(image, anomaly_map, vmax=vmax))

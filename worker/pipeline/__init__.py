@@ -2,16 +2,11 @@
 Redis and S3 in production, or against a folder, SQLite and a local folder in embedded mode.
 
 Each external client has one module: ``kafka_io`` (kafka-python), ``redis_sink`` (redis), ``s3``
-(boto3, shared by ``fetch`` and ``s3_sink``). Importing this package imports none of them.
+(boto3 through :mod:`worker.common.s3client`, shared by ``fetch`` and ``s3_sink``). Importing this
+package imports none of them.
 """
 
 from .config import WorkerConfig
 from .errors import BadRecord, DependencyDown
 
-__all__ = ["BadRecord", "DependencyDown", "WorkerConfig", "run_embedded"]
-
-
-def run_embedded(*args, **kwargs):
-    """See :func:`worker.pipeline.cli.run_embedded` (imported lazily to keep this package light)."""
-    from .cli import run_embedded as _run_embedded
-    return _run_embedded(*args, **kwargs)
+__all__ = ["BadRecord", "DependencyDown", "WorkerConfig"]

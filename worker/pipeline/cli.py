@@ -10,6 +10,7 @@ batch, so nothing is lost). No message content causes an exit; a bug propagates 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -22,10 +23,17 @@ from typing import Any, Callable
 
 import structlog
 
+from .backoff import backoff_delay
 from .config import WorkerConfig, add_config_arguments, parse_models
+from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown, Misconfigured
+from .fetch import Fetcher
+from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
+from .models import ModelRegistry
 from .redact import LogRedactor
+from .redis_sink import RedisSink
+from .s3_sink import S3Sink
 
 log = structlog.get_logger("invad.pipeline.cli")
 EX_TEMPFAIL = 75
@@ -109,26 +117,21 @@ def run(args: argparse.Namespace) -> int:
 
 def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff_max_s: float) -> Any:
     """Call ``make`` until it stops raising DependencyDown (or ``stop`` is set: returns None)."""
-    delay = 0.5
+    attempt = 0
     while not stop.is_set():
         try:
             return make()
         except DependencyDown as error:
+            attempt += 1
+            delay = backoff_delay(attempt, backoff_max_s)
             log.warning("dependency_down_at_start", dependency=error.dependency, what=what, error=error.message,
-                        retry_in_s=delay)
+                        attempt=attempt, retry_in_s=round(delay, 2))
             stop.wait(delay)
-            delay = min(backoff_max_s, delay * 2)
     return None
 
 
 def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
     """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
-    from .fetch import Fetcher
-    from .kafka_io import KafkaDeadLetters, KafkaSource
-    from .models import ModelRegistry
-    from .redis_sink import RedisSink
-    from .s3_sink import S3Sink
-
     registry = registry or ModelRegistry.load(config.models, config.device)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
@@ -193,10 +196,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     Raises:
         ValueError: bad arguments or model bundle (message names the value and what is allowed).
     """
-    from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
-    from .fetch import Fetcher
-    from .models import ModelRegistry
-
     if sqlite_path is None and out_dir is None:
         raise ValueError("run_embedded needs sqlite_path and/or out_dir: scores must go somewhere")
     config = (config or WorkerConfig(mode="embedded", worker_id=f"embedded-{os.getpid()}"))
@@ -253,7 +252,6 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
 
 def run_embedded_cli(args: argparse.Namespace) -> int:
     """``invad work --source ...``: embedded mode from flags and ``INVAD_*`` variables; prints a JSON summary."""
-    import json
     try:
         config = WorkerConfig.from_sources(args, os.environ, mode="embedded")
         if not config.models:
@@ -264,7 +262,6 @@ def run_embedded_cli(args: argparse.Namespace) -> int:
         print(f"invad work: {error}", file=sys.stderr)
         return 2
     stop = _start(config)
-    from .models import ModelRegistry
     registry = ModelRegistry.load(config.models, config.device)
     summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product, line_id=args.line_id,
                            progress_path=args.progress, config=config, stop=stop, keep_scores=0)

@@ -8,11 +8,9 @@ source to a small JSON progress file, atomically, after the sinks flushed: a rer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
-import re
 import sqlite3
 import sys
 import threading
@@ -21,26 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from schemas import ImageRef
+from schemas.image_id import derive_image_id
+from worker.core.imagefiles import list_image_files
+
 from .loop import Message
-from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
-
-_SEGMENT_BAD = re.compile(r"[^A-Za-z0-9_:.-]")
-
-
-def image_id_for(relative: str) -> str:
-    """A schema-valid image id for a relative path ("good/000.png" stays "good/000.png").
-
-    Characters outside the id alphabet become "_" and a short hash of the original path is appended
-    when anything changed, so two different files never share an id.
-    """
-    segments = []
-    for segment in relative.replace(os.sep, "/").split("/"):
-        clean = re.sub(r"\.{2,}", ".", _SEGMENT_BAD.sub("_", segment)).strip(".") or "_"
-        segments.append(clean)
-    image_id = "/".join(segments)
-    if image_id != relative:
-        image_id += "-" + hashlib.sha1(relative.encode("utf-8")).hexdigest()[:8]
-    return image_id[-256:].lstrip("./") or "_"
+from .sinks import ScoredImage, artefact_keys
 
 
 class ProgressStore:
@@ -111,21 +95,19 @@ def folder_source(folder: str | os.PathLike, progress: ProgressStore, *, product
                   line_id: str = "local", producer: str = "invad-embedded") -> _ListSource:
     """Every image file under ``folder`` (recursively, sorted by relative path) as an ImageRef message.
 
-    Ids are the relative paths (see :func:`image_id_for`); ``captured_at`` is the file's mtime.
+    Ids are "{line_id}/{path relative to folder}" by :func:`schemas.image_id.derive_image_id`, the rule
+    `invad produce` follows, so both paths name a file alike; ``captured_at`` is the file's mtime.
     Raises ValueError when ``folder`` is not a directory.
     """
-    from schemas import ImageRef
-    from worker.core.images import is_image_file
     root = Path(folder).resolve()
     if not root.is_dir():
         raise ValueError(f"--source {str(folder)!r} is not a directory, a .jsonl file or '-'")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
     name = f"folder:{root}"
     messages = []
-    for position, path in enumerate(files):
-        ref = ImageRef(image_id=image_id_for(path.relative_to(root).as_posix()), uri=path.as_uri(),
+    for position, file in enumerate(list_image_files(root)):
+        ref = ImageRef(image_id=derive_image_id(line_id, file.rel), uri=file.path.as_uri(),
                        line_id=line_id, product=product, producer=producer,
-                       captured_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+                       captured_at=datetime.fromtimestamp(file.path.stat().st_mtime, timezone.utc))
         messages.append(Message(ref.to_json(), ref.kafka_key(), name, 0, position, embedded=True))
     return _ListSource(name, messages, progress)
 
@@ -283,23 +265,22 @@ class FolderSink:
         self.root = Path(out_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, product: str, line_id: str, image_id: str, name: str) -> Path:
-        return self.root / artefact_key("", product, line_id, image_id, name)
+    def _paths(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, Path]:
+        return {kind: self.root / key for kind, key in artefact_keys("", product, line_id, image_id, original_ext).items()}
 
     def artefact_uris(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
-        return {kind: self._path(product, line_id, image_id, name).as_uri()
-                for kind, name in (("original", f"original.{original_ext}"), ("overlay", OVERLAY), ("record", RECORD))}
+        return {kind: path.as_uri() for kind, path in self._paths(product, line_id, image_id, original_ext).items()}
 
     def write(self, batch: Sequence[ScoredImage]) -> None:
         for item in batch:
             if not item.flagged:
                 continue
             r = item.record
-            folder = self._path(r.product, r.line_id, r.image_id, "x").parent
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / f"original.{item.original_ext}", item.original or b"")
-            _atomic_write(folder / OVERLAY, item.overlay or b"")
-            _atomic_write(folder / RECORD, r.to_json())
+            paths = self._paths(r.product, r.line_id, r.image_id, item.original_ext)
+            paths["record"].parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(paths["original"], item.original or b"")
+            _atomic_write(paths["overlay"], item.overlay or b"")
+            _atomic_write(paths["record"], r.to_json())
 
     def flush(self) -> None: ...  # every file is fsynced and renamed in write()
 

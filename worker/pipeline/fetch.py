@@ -23,8 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
+from worker.common import s3client
 from worker.core.images import ImageDecodeError, decode_image
 
+from . import s3
 from .errors import (FETCH_FAILED, IMAGE_INVALID, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord,
                      DependencyDown)
 
@@ -103,7 +105,6 @@ class Fetcher:
     @classmethod
     def from_config(cls, config: Any) -> "Fetcher":
         def s3_factory() -> Any:
-            from . import s3  # boto3 only when an s3:// reference shows up
             return s3.client_from_config(config)
         return cls(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels,
                    concurrency=config.fetch_concurrency, timeout_s=config.fetch_timeout_s,
@@ -205,7 +206,6 @@ class Fetcher:
         return data
 
     def _read_s3(self, uri: str) -> bytes:
-        from . import s3
         bucket, _, key = uri[len("s3://"):].partition("/")
         if self.s3_allow_buckets and bucket not in self.s3_allow_buckets:
             raise BadRecord(URI_NOT_ALLOWED, f"{uri!r}: bucket {bucket!r} is not in INVAD_S3_ALLOW_BUCKETS")
@@ -224,11 +224,11 @@ class Fetcher:
         except BadRecord:
             raise
         except Exception as error:  # noqa: BLE001 - classified just below
-            if s3.is_missing(error):
-                raise BadRecord(OBJECT_MISSING, f"{uri}: {s3.error_code(error)}") from error
-            if s3.is_transient(error):
+            if s3client.is_missing(error):
+                raise BadRecord(OBJECT_MISSING, f"{uri}: {s3client.error_code(error)}") from error
+            if s3client.is_transient(error):
                 raise s3.as_dependency_down(error, f"get {uri}") from error
-            code = s3.error_code(error)
+            code = s3client.error_code(error)
             if code is not None:  # AccessDenied, InvalidObjectState, ...: permanent for this message
                 raise BadRecord(FETCH_FAILED, f"{uri}: {code}") from error
             raise

@@ -20,7 +20,6 @@ outside per-message work (a sink, the source, the commit) are bugs and propagate
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -35,6 +34,7 @@ import structlog
 from schemas import NO_ARTEFACTS, DeadLetter, ImageRef, SchemaError, ScoreRecord, embedded_source, kafka_source
 from worker.core.overlay import overlay_png
 
+from .backoff import backoff_delay
 from .errors import PROCESSING_FAILED, BadRecord, DependencyDown
 from .sinks import ScoredImage, artefact_store
 
@@ -171,9 +171,7 @@ class Loop:
                 self._drop_revoked(work)
 
     def _backoff(self, attempt: int) -> float:
-        # Full jitter keeps a fleet of workers from hammering a recovering Redis in lock-step.
-        cap = min(self.config.backoff_max_s, 0.2 * 2 ** min(attempt, 20))
-        return random.uniform(cap / 2, cap)
+        return backoff_delay(attempt, self.config.backoff_max_s)
 
     def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds in short slices, keeping the consumer in its group; raise Abandoned

@@ -26,7 +26,9 @@ class Route:
 
 
 def _default_loader(path: str, device: str | None) -> Any:
-    from worker.core.detector import Detector  # the core is loaded only when a model is needed
+    # Imported here, not at the top: torch takes seconds to load, and every `invad` command (produce,
+    # --help) builds this package's CLI; only a worker that loads a bundle needs it.
+    from worker.core.detector import Detector
     return Detector.from_pretrained(path, device=device)
 
 

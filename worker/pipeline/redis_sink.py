@@ -19,7 +19,7 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from schemas import ALERT_ONCE_LUA
+from schemas import ALERT_ONCE_LUA, AlertEntry, RedisLayout
 
 from .errors import DependencyDown, Misconfigured
 from .sinks import ScoredImage
@@ -55,10 +55,9 @@ def _misconfigured(error: BaseException) -> Misconfigured:
 class RedisSink:
     """Writes every scored image to Redis; idempotent by ``image_id``."""
 
-    def __init__(self, url: str, layout: Any, *, client: Any = None, socket_timeout_s: float = 5.0):
+    def __init__(self, url: str, layout: RedisLayout, *, client: Any = None, socket_timeout_s: float = 5.0):
         """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes). The connection is made
         lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
-        from schemas import ALERT_ONCE_LUA
         self.layout = layout
         # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
         self._client = client or redis.Redis.from_url(
@@ -69,7 +68,6 @@ class RedisSink:
 
     @classmethod
     def from_config(cls, config: Any) -> "RedisSink":
-        from schemas import RedisLayout
         layout = RedisLayout(prefix=config.redis_prefix, record_ttl_s=config.record_ttl_s,
                              recent_max=config.recent_per_line, top_max=config.top_per_line,
                              alerts_maxlen=config.alert_stream_maxlen)
@@ -94,7 +92,6 @@ class RedisSink:
         """
         if not self._pending:
             return
-        from schemas import AlertEntry
         layout, ttl = self.layout, self.layout.record_ttl_s
         pipe = self._client.pipeline(transaction=True)
         lines: set[str] = set()

@@ -10,9 +10,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from worker.common import s3client
+
 from . import s3
 from .errors import Misconfigured
-from .sinks import OVERLAY, RECORD, ScoredImage, artefact_key
+from .sinks import ScoredImage, artefact_key, artefact_keys
 
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff",
                   "webp": "image/webp", "gif": "image/gif"}
@@ -56,9 +58,9 @@ class S3Sink:
         except Misconfigured:
             raise
         except Exception as error:  # noqa: BLE001 - classified below
-            if s3.is_transient(error):
+            if s3client.is_transient(error):
                 raise s3.as_dependency_down(error, f"start-up check of bucket {self.bucket}") from error
-            code = s3.error_code(error)
+            code = s3client.error_code(error)
             if code in ("NoSuchBucket", "404", "NotFound"):
                 raise Misconfigured("s3", f"bucket {self.bucket!r} does not exist",
                                     "set INVAD_S3_BUCKET to an existing bucket, create it, or set "
@@ -79,8 +81,8 @@ class S3Sink:
         return artefact_key(self.prefix, product, line_id, image_id, name)
 
     def artefact_uris(self, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
-        return {kind: f"s3://{self.bucket}/{self.key(product, line_id, image_id, name)}"
-                for kind, name in (("original", f"original.{original_ext}"), ("overlay", OVERLAY), ("record", RECORD))}
+        keys = artefact_keys(self.prefix, product, line_id, image_id, original_ext)
+        return {kind: f"s3://{self.bucket}/{key}" for kind, key in keys.items()}
 
     def write(self, batch: Sequence[ScoredImage]) -> None:
         """Upload every flagged image's three objects.
@@ -94,14 +96,14 @@ class S3Sink:
             if not item.flagged:
                 continue
             r = item.record
-            ext = item.original_ext
-            puts.append((self.key(r.product, r.line_id, r.image_id, f"original.{ext}"), item.original or b"",
-                         _CONTENT_TYPES.get(ext, "application/octet-stream")))
-            puts.append((self.key(r.product, r.line_id, r.image_id, OVERLAY), item.overlay or b"", "image/png"))
-            puts.append((self.key(r.product, r.line_id, r.image_id, RECORD), r.to_json(), "application/json"))
+            keys = artefact_keys(self.prefix, r.product, r.line_id, r.image_id, item.original_ext)
+            puts.append((keys["original"], item.original or b"",
+                         _CONTENT_TYPES.get(item.original_ext, "application/octet-stream")))
+            puts.append((keys["overlay"], item.overlay or b"", "image/png"))
+            puts.append((keys["record"], r.to_json(), "application/json"))
         errors = [error for error in self._pool.map(self._put, puts) if error is not None]
         if errors:
-            transient = [e for e in errors if s3.is_transient(e)]
+            transient = [e for e in errors if s3client.is_transient(e)]
             if transient:
                 raise s3.as_dependency_down(transient[0], f"{len(errors)} of {len(puts)} uploads failed") from transient[0]
             raise errors[0]

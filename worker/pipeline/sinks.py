@@ -35,6 +35,16 @@ def artefact_key(prefix: str, product: str, line_id: str, image_id: str, name: s
     return "/".join(parts + [product, line_id, image_id, name])
 
 
+def artefact_keys(prefix: str, product: str, line_id: str, image_id: str, original_ext: str) -> dict[str, str]:
+    """The keys of a flagged image's three artefacts, by kind: {"original", "overlay", "record"}.
+
+    The one naming rule of every artefact store: S3 turns the keys into ``s3://bucket/key``, the
+    embedded output folder into paths under itself.
+    """
+    names = {"original": f"{ORIGINAL}.{original_ext}", "overlay": OVERLAY, "record": RECORD}
+    return {kind: artefact_key(prefix, product, line_id, image_id, name) for kind, name in names.items()}
+
+
 @dataclass(frozen=True)
 class ScoredImage:
     """One scored image as the sinks see it.
