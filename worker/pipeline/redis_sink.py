@@ -52,6 +52,17 @@ def _misconfigured(error: BaseException) -> Misconfigured:
                          "check INVAD_REDIS_URL and the server's configuration")
 
 
+def _classified(error: BaseException) -> Exception | None:
+    """What a Redis failure means for the worker: Misconfigured for a refusal of who we are or what we
+    may do, DependencyDown for an outage or a server-state reply, None for anything else."""
+    if isinstance(error, _REFUSED):
+        return _misconfigured(error)
+    if isinstance(error, _TRANSIENT) or (isinstance(error, rerrors.ResponseError)
+                                         and str(error).upper().startswith(_TRANSIENT_REPLIES)):
+        return DependencyDown("redis", f"{type(error).__name__}: {error}")
+    return None
+
+
 class RedisSink:
     """Writes every scored image to Redis; idempotent by ``image_id``."""
 
@@ -112,14 +123,12 @@ class RedisSink:
                 pipe.expire(zset, ttl)
         try:
             pipe.execute()
-        except _REFUSED as error:  # credentials or ACL changed under us: exit, and fail fast at the restart
-            raise _misconfigured(error) from error
-        except _TRANSIENT as error:
-            raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
-        except rerrors.ResponseError as error:
-            if str(error).upper().startswith(_TRANSIENT_REPLIES):
-                raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
-            raise
+        except rerrors.RedisError as error:
+            # A refusal means credentials or ACL changed under us: exit, and fail fast at the restart.
+            meaning = _classified(error)
+            if meaning is None:
+                raise
+            raise meaning from error
         finally:
             pipe.reset()
         self._pending.clear()
@@ -137,14 +146,8 @@ class RedisSink:
             self._client.set(probe, "1", ex=60)
             self._client.script_load(ALERT_ONCE_LUA)
             self._client.delete(probe)
-        except _REFUSED as error:
-            raise _misconfigured(error) from error
-        except _TRANSIENT as error:
-            raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
-        except rerrors.ResponseError as error:
-            if str(error).upper().startswith(_TRANSIENT_REPLIES):
-                raise DependencyDown("redis", f"{type(error).__name__}: {error}") from error
-            raise _misconfigured(error) from error
+        except rerrors.RedisError as error:
+            raise (_classified(error) or _misconfigured(error)) from error
 
     def close(self) -> None:
         try:
