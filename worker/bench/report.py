@@ -11,7 +11,7 @@ import numpy as np
 from .detector import environment
 from .stages import window
 
-NATIVE = "native threads (torch, OpenMP)"
+NATIVE = "unsampled (native threads, window edges)"
 
 
 def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
@@ -69,20 +69,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_cpu_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of CPU ms per image: per process, then per worker stage ("" when nothing measured)."""
+    """Markdown table of CPU ms per image, one column per row with CPU figures: per process, the
+    cores they kept busy, then per worker stage ("" when no row has CPU figures)."""
     rows = [r for r in rows if r.get("cpu_ms_per_image")]
     if not rows:
         return ""
     processes = list(dict.fromkeys(name for r in rows for name in r["cpu_ms_per_image"]))
     stages = list(dict.fromkeys(s for r in rows for s in r.get("worker_cpu_ms_per_image_by_stage", {})))
-    columns = [*processes, "cores busy", *(f"worker: {s}" for s in stages)]
-    lines = ["| CPU ms per image | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for r in rows:
-        cells = [f"{r['cpu_ms_per_image'].get(p, float('nan')):.2f}" for p in processes]
-        cells.append(f"{r['cores_busy']:.2f}" if r.get("cores_busy") is not None else "-")
-        by_stage = r.get("worker_cpu_ms_per_image_by_stage", {})
-        cells += [f"{by_stage[s]:.2f}" if s in by_stage else "-" for s in stages]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+    lines = ["| CPU ms per image | " + " | ".join(r["name"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    lines += [f"| {p} | " + " | ".join(cell(r["cpu_ms_per_image"].get(p)) for r in rows) + " |" for p in processes]
+    lines.append("| (cores busy) | " + " | ".join(cell(r.get("cores_busy")) for r in rows) + " |")
+    lines += [f"| worker: {s} | " + " | ".join(cell(r.get("worker_cpu_ms_per_image_by_stage", {}).get(s)) for r in rows)
+              + " |" for s in stages]
     return "\n".join(lines) + "\n"
 
 
