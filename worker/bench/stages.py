@@ -54,6 +54,12 @@ def stage_of(frame: FrameType | None) -> str:
     return library or OTHER
 
 
+def thread_cpu_clock(tid: int) -> int:
+    """Linux's CPU-time clock id of thread ``tid`` (MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)). Unlike
+    ``time.pthread_getcpuclockid``, a thread that has ended gives EINVAL instead of undefined behaviour."""
+    return ((~tid) << 3) | 6
+
+
 class StageSampler:
     """Samples every thread of this process until :meth:`stop`."""
 
@@ -70,12 +76,15 @@ class StageSampler:
         return self
 
     def _tick(self) -> None:
+        native = {t.ident: t.native_id for t in threading.enumerate()}
         frames = sys._current_frames()  # thread ident -> its current frame
         me = threading.get_ident()
         for ident, frame in frames.items():
+            if native.get(ident) is None:
+                continue
             try:
-                now = time.clock_gettime(time.pthread_getcpuclockid(ident))
-            except (OSError, ValueError):  # the thread ended between the two calls
+                now = time.clock_gettime(thread_cpu_clock(native[ident]))
+            except OSError:  # the thread ended since enumerate()
                 continue
             used = now - self._last.get(ident, now)
             self._last[ident] = now
