@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import faulthandler
 import threading
 import time
 
@@ -13,25 +13,34 @@ from worker.bench import stages
 from worker.core.overlay import overlay_png
 
 
-def _call_through(paths, innermost):
-    """Call ``innermost`` through one function per path, each compiled as if it lived in that file."""
-    call = innermost
-    for path in reversed(paths):
-        namespace: dict = {}
-        exec(compile("def through(call):\n    return call()\n", path, "exec"), namespace)
-        call = (lambda through, inner: lambda: through(inner))(namespace["through"], call)
-    return call()
-
-
 def test_stage_of_names_the_innermost_known_module():
-    here = lambda: stages.stage_of(sys._getframe())  # noqa: E731
-    assert _call_through(["/app/worker/pipeline/loop.py", "/app/worker/core/overlay.py"], here) == "overlay render + PNG"
-    assert _call_through(["/app/worker/pipeline/loop.py", "/app/worker/pipeline/redis_sink.py"], here) == "redis sink"
+    assert stages.stage_of(["/venv/PIL/Image.py", "/app/worker/core/overlay.py", "/app/worker/pipeline/loop.py"]) \
+        == "overlay render + PNG"
+    assert stages.stage_of(["/venv/redis/client.py", "/app/worker/pipeline/redis_sink.py"]) == "redis sink"
     # s3.py is shared by fetch and the S3 sink: its caller decides
-    assert _call_through(["/app/worker/pipeline/fetch.py", "/app/worker/pipeline/s3.py"], here) == "fetch (S3 GET)"
-    assert _call_through(["/app/worker/pipeline/s3_sink.py", "/app/worker/pipeline/s3.py"], here) == "s3 sink (PUT)"
-    assert _call_through(["/venv/site-packages/kafka/coordinator/heartbeat.py"], here) == stages.KAFKA_CLIENT
-    assert here() == stages.OTHER  # a test module is no stage
+    assert stages.stage_of(["/app/worker/pipeline/s3.py", "/app/worker/pipeline/fetch.py"]) == "fetch (S3 GET)"
+    assert stages.stage_of(["/app/worker/pipeline/s3.py", "/app/worker/pipeline/s3_sink.py"]) == "s3 sink (PUT)"
+    assert stages.stage_of(["/venv/site-packages/kafka/coordinator/heartbeat.py"]) == stages.KAFKA_CLIENT
+    assert stages.stage_of(["/app/tests/test_x.py"]) == stages.OTHER
+
+
+def test_parse_stacks_reads_every_thread_of_a_real_dump(tmp_path):
+    namespace: dict = {}
+    exec(compile("def wait_here(event):\n    event.wait(10)\n", "/app/worker/pipeline/redis_sink.py", "exec"), namespace)
+    parked, release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: (parked.set(), namespace["wait_here"](release)))
+    thread.start()
+    parked.wait(5)
+    try:
+        with open(tmp_path / "dump.txt", "w+") as out:
+            faulthandler.dump_traceback(out, all_threads=True)
+            out.seek(0)
+            found = stages.parse_stacks(out.read())
+    finally:
+        release.set()
+        thread.join()
+    assert stages.stage_of(found[thread.ident]) == "redis sink"
+    assert __file__ in found[threading.get_ident()]  # the dumping thread itself, innermost first
 
 
 def test_sampler_charges_a_busy_thread_to_its_stage_and_marks_windows(tmp_path):
@@ -44,7 +53,7 @@ def test_sampler_charges_a_busy_thread_to_its_stage_and_marks_windows(tmp_path):
             overlay_png(image, grid)
 
     marks = tmp_path / "marks.jsonl"
-    sampler = stages.StageSampler(marks, interval_s=0.005).start()
+    sampler = stages.StageSampler(marks).start()
     busy = threading.Thread(target=render)
     busy.start()
     try:
@@ -62,5 +71,7 @@ def test_sampler_charges_a_busy_thread_to_its_stage_and_marks_windows(tmp_path):
     span = stages.window(start, end)
     by_stage = span["stages_cpu_s"]
     assert by_stage["overlay render + PNG"] > 0.2, by_stage  # about 1 s of one busy thread, on shared cores
-    assert by_stage["overlay render + PNG"] > 0.8 * sum(by_stage.values()), by_stage
+    others = sum(s for stage, s in by_stage.items() if stage != stages.PROFILER)
+    assert by_stage["overlay render + PNG"] > 0.8 * others, by_stage
+    assert by_stage[stages.PROFILER] < 0.25 * by_stage["overlay render + PNG"], by_stage
     assert span["process_cpu_s"] >= 0.95 * sum(by_stage.values())

@@ -3,24 +3,31 @@
 Every ``interval_s`` a thread reads each Python thread's CPU clock and charges the CPU it used since
 the previous tick to the stage that thread is in now, found from its stack: the innermost frame whose
 module is one of :data:`STAGES`. The loop's own structure is not assumed, so the split stays valid when
-stages move between threads. With ticks of 10 ms the error per stage is about one tick per stage
-change, small over thousands of images; the sampler itself costs well under 1 % of a core.
+stages move between threads. The error per stage is about one tick of CPU per stage change, small
+over a run of thousands of images; the sampler reports its own CPU as the stage "profiler".
+
+Stacks are read with :func:`faulthandler.dump_traceback`, which walks every thread in C without
+letting another thread run. Walking ``sys._current_frames()`` with ``f_back`` from Python instead
+crashed CPython 3.11 under load (another thread returned from a frame mid-walk: a freed frame, a
+segfault in the worker).
 
 ``request_mark()`` (safe in a signal handler) makes the sampler append one JSON line of the cumulative
 totals to a file at its next tick; the bench marks the start and the end of its timed window and
-subtracts.
+subtracts. Linux only (thread CPU clocks); elsewhere no stage is charged.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
-import sys
+import re
+import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import FrameType
+from typing import Sequence
 
 # module file -> stage, matched from the innermost frame outwards (so a PNG encode under overlay.py
 # counts as "overlay", one under images.py as "image decode"). worker/pipeline/s3.py is left out: it is
@@ -38,20 +45,29 @@ STAGES = {
 }
 KAFKA_CLIENT = "kafka client threads"
 OTHER = "other"
+PROFILER = "profiler"
+
+_THREAD = re.compile(r"^(?:Current thread|Thread) 0x([0-9a-f]+)", re.MULTILINE)
+_FILE = re.compile(r'^  File "(.*)", line \d+ in ', re.MULTILINE)
 
 
-def stage_of(frame: FrameType | None) -> str:
-    """The stage of the innermost frame of ``frame``'s stack that belongs to a known module."""
+def stage_of(paths: Sequence[str]) -> str:
+    """The stage of the first of ``paths`` (source files of a stack, innermost first) in a known module."""
     library = None
-    while frame is not None:
-        path = frame.f_code.co_filename
+    for path in paths:
         stage = STAGES.get((os.path.basename(os.path.dirname(path)), os.path.basename(path)))
         if stage is not None:
             return stage
         if library is None and f"{os.sep}kafka{os.sep}" in path:
             library = KAFKA_CLIENT  # kafka-python's heartbeat and network threads
-        frame = frame.f_back
     return library or OTHER
+
+
+def parse_stacks(dump: str) -> dict[int, list[str]]:
+    """``faulthandler.dump_traceback`` text -> {thread ident: source files, innermost first}."""
+    heads = list(_THREAD.finditer(dump))
+    ends = [h.start() for h in heads[1:]] + [len(dump)]
+    return {int(h.group(1), 16): _FILE.findall(dump, h.end(), end) for h, end in zip(heads, ends)}
 
 
 def thread_cpu_clock(tid: int) -> int:
@@ -63,10 +79,11 @@ def thread_cpu_clock(tid: int) -> int:
 class StageSampler:
     """Samples every thread of this process until :meth:`stop`."""
 
-    def __init__(self, marks_path: str | os.PathLike, interval_s: float = 0.01):
+    def __init__(self, marks_path: str | os.PathLike, interval_s: float = 0.02):
         self.path, self.interval_s = Path(marks_path), interval_s
         self.cpu_s: Counter[str] = Counter()
         self._last: dict[int, float] = {}
+        self._dump = tempfile.TemporaryFile()
         self._mark = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-stage-sampler", daemon=True)
@@ -75,11 +92,17 @@ class StageSampler:
         self._thread.start()
         return self
 
+    def _stacks(self) -> dict[int, list[str]]:
+        fd = self._dump.fileno()
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        faulthandler.dump_traceback(fd, all_threads=True)
+        return parse_stacks(os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace"))
+
     def _tick(self) -> None:
         native = {t.ident: t.native_id for t in threading.enumerate()}
-        frames = sys._current_frames()  # thread ident -> its current frame
         me = threading.get_ident()
-        for ident, frame in frames.items():
+        for ident, paths in self._stacks().items():
             if native.get(ident) is None:
                 continue
             try:
@@ -88,8 +111,8 @@ class StageSampler:
                 continue
             used = now - self._last.get(ident, now)
             self._last[ident] = now
-            self.cpu_s["profiler" if ident == me else stage_of(frame)] += used
-        for ident in set(self._last) - set(frames):
+            self.cpu_s[PROFILER if ident == me else stage_of(paths)] += used
+        for ident in set(self._last) - set(native):
             del self._last[ident]
 
     def _run(self) -> None:
@@ -111,6 +134,8 @@ class StageSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(1.0)
+        if not self._thread.is_alive():  # else the daemon thread may still be dumping into it
+            self._dump.close()
 
 
 def read_marks(path: str | os.PathLike) -> list[dict]:
