@@ -89,8 +89,9 @@ class PipelineBench:
                    INVAD_S3_PREFIX="results", INVAD_S3_ALLOW_BUCKETS=c.s3_bucket,
                    INVAD_MODELS=",".join(f"{product}={path}" for product, path in c.models),
                    INVAD_BATCH_SIZE=str(c.batch_size), INVAD_WORKER_ID=name, INVAD_LOG_LEVEL="info",
-                   # short session: a stopped worker's partitions move at once to the next run's workers
-                   INVAD_SESSION_TIMEOUT_MS="10000", INVAD_HEARTBEAT_INTERVAL_MS="1000",
+                   # Stopped workers leave the group, so the session only matters for a killed one; 30 s
+                   # keeps a worker starved of CPU by a busy machine (heartbeats need the GIL) in the group.
+                   INVAD_SESSION_TIMEOUT_MS="30000", INVAD_HEARTBEAT_INTERVAL_MS="3000",
                    AWS_ACCESS_KEY_ID=c.aws_access_key_id or "", AWS_SECRET_ACCESS_KEY=c.aws_secret_access_key or "",
                    AWS_REGION=c.s3_region or "us-east-1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
