@@ -53,7 +53,7 @@ def test_sampler_charges_a_busy_thread_to_its_stage_and_marks_windows(tmp_path):
             overlay_png(image, grid)
 
     marks = tmp_path / "marks.jsonl"
-    sampler = stages.StageSampler(marks).start()
+    sampler = stages.StageSampler(marks, interval_s=0.05).start()
     busy = threading.Thread(target=render)
     busy.start()
     try:

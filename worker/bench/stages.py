@@ -5,7 +5,8 @@ the previous tick to the stage that thread is in now, found from its stack: the 
 module is one of :data:`STAGES`. The loop's own structure is not assumed, so the split stays valid when
 stages move between threads. The error per stage is about one tick of CPU per stage change, small
 over a run of thousands of images; the sampler reports its own CPU as the stage "profiler" (a dump of
-20 threads costs 1-2 ms, so 20 ticks a second cost a few percent of a core).
+a worker's 20 threads costs about 4 ms of CPU, as faulthandler writes byte by byte, so 5 ticks a
+second cost about 2 % of a core).
 
 Stacks are read with :func:`faulthandler.dump_traceback`, which walks every thread in C without
 letting another thread run. Walking ``sys._current_frames()`` with ``f_back`` from Python instead
@@ -80,7 +81,7 @@ def thread_cpu_clock(tid: int) -> int:
 class StageSampler:
     """Samples every thread of this process until :meth:`stop`."""
 
-    def __init__(self, marks_path: str | os.PathLike, interval_s: float = 0.05):
+    def __init__(self, marks_path: str | os.PathLike, interval_s: float = 0.2):
         self.path, self.interval_s = Path(marks_path), interval_s
         self.cpu_s: Counter[str] = Counter()
         self._last: dict[int, float] = {}
