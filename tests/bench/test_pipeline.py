@@ -10,8 +10,10 @@ import json
 import pytest
 
 from worker.bench.report import NATIVE
-from worker.bench.stages import KAFKA_CLIENT, OTHER, STAGES
+from worker.bench.stages import KAFKA_CLIENT, OTHER, PROFILER, STAGES
 from worker.cli import main
+
+KNOWN_STAGES = {*STAGES.values(), KAFKA_CLIENT, OTHER, PROFILER, NATIVE}
 
 
 @pytest.fixture
@@ -42,9 +44,9 @@ def test_pipeline_bench_scores_every_image(service_flags, tiny_bundle, tmp_path)
     assert [row["workers"] for row in report["rows"]] == [0, 1, 1, 2, 1]
     assert len(report["rows"][3]["worker_ids"]) == 2  # both workers scored part of the images
     assert {"pipeline_vs_detector", "pipeline_goal_met", "two_vs_one_worker", "scaling_goal_met"} <= set(report["goals"])
-    # the InvAD's own CPU (torch) is visible, next to the plumbing's
-    stages = report["rows"][1]["worker_cpu_ms_per_image_by_stage"]
-    assert stages["detector"] > 0 and report["rows"][1]["cpu_ms_per_image"]["workers"] > 0
+    for row in report["rows"][1:]:  # CPU over each timed window (stages: sampled, so only known names)
+        assert row["cpu_ms_per_image"]["workers"] > 0 and row["cpu_ms_per_image"]["bench"] > 0
+        assert set(row.get("worker_cpu_ms_per_image_by_stage", {})) <= KNOWN_STAGES
     # what the bench created on the services (bucket, Redis keys, topic) is gone
     assert report["meta"]["left_behind"] == []
 
@@ -68,11 +70,10 @@ def test_plumbing_ceiling_with_the_null_detector(service_flags, tmp_path, capsys
     assert [row["flagged"] for row in rows[:2]] == [0, 0]
     # one image in four is flagged, counted per worker from its start (warm-up included): about 10 of 40
     assert all(8 <= row["flagged"] <= 12 for row in rows[2:]), [row["flagged"] for row in rows]
-    known = {*STAGES.values(), KAFKA_CLIENT, OTHER, "profiler", NATIVE}
-    for row in rows:  # 40 images are too few for every small stage to be sampled; the names must be known
-        by_stage = row["worker_cpu_ms_per_image_by_stage"]
-        assert set(by_stage) <= known and sum(by_stage.values()) > 0, by_stage
-    assert "overlay render + PNG" not in rows[0]["worker_cpu_ms_per_image_by_stage"]  # nothing flagged, no overlay
+    # 40 images are too few for every small stage to be sampled in each row; the names must be known
+    by_stage = [row.get("worker_cpu_ms_per_image_by_stage", {}) for row in rows]
+    assert all(set(stages) <= KNOWN_STAGES for stages in by_stage) and sum(sum(s.values()) for s in by_stage) > 0, by_stage
+    assert "overlay render + PNG" not in by_stage[0]  # nothing flagged, no overlay
     assert {"ceiling_0pct_flagged", "ceiling_0pct_flagged_goal_met"} <= set(report["goals"])
     assert report["meta"]["detector"] == "null" and report["meta"]["left_behind"] == []
 
