@@ -1,7 +1,13 @@
-"""Shared fixtures: generated data and one real, tiny detector bundle trained once per session."""
+"""Shared fixtures: generated data, one real, tiny detector bundle trained once per session, and the
+settings of the real services.
+
+Service tests read ``INVAD_TEST_KAFKA``, ``INVAD_TEST_REDIS_URL`` and ``INVAD_TEST_S3_*`` (written by
+``scripts/services.sh`` to ``~/.cache/invad/run/services.env``) through ``services.service_setting``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from services import service_setting  # noqa: E402
 from synthetic import make_texture_images, write_mvtec_category  # noqa: E402
 
 TINY_IMAGE_SIZE = 128
@@ -81,6 +88,24 @@ def tiny_bundle(tmp_path_factory, texture_category) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     shutil.copytree(_cached_bundle("tiny", make), out, ignore=shutil.ignore_patterns(".complete"))
     return out
+
+
+@pytest.fixture
+def kafka_bootstrap() -> str:
+    return service_setting("INVAD_TEST_KAFKA")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return service_setting("INVAD_TEST_REDIS_URL")
+
+
+@pytest.fixture
+def s3_settings() -> dict[str, str]:
+    return {"endpoint": service_setting("INVAD_TEST_S3_ENDPOINT"),
+            "access_key": service_setting("INVAD_TEST_S3_ACCESS_KEY"),
+            "secret_key": service_setting("INVAD_TEST_S3_SECRET_KEY"),
+            "region": os.environ.get("INVAD_TEST_S3_REGION", "us-east-1")}
 
 
 __all__ = ["make_texture_images"]

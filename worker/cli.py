@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -170,7 +171,18 @@ def _run_eval(args) -> int:
 
 
 # -- bench ----------------------------------------------------------------------------------------
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0,0.1, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in [0, 1], got {text!r}")
+    return values
+
+
 def _add_bench(sub) -> None:
+    env = os.environ.get
     p = sub.add_parser("bench", help="throughput and per-stage latency (detector), or the pipeline through real services")
     p.add_argument("target", nargs="?", default="detector", choices=("detector", "pipeline"))
     p.add_argument("--model", default=None, help="bundle (default: the untrained default architecture)")
@@ -178,47 +190,41 @@ def _add_bench(sub) -> None:
                    help="batch sizes (default 1,8,32,64); the pipeline target uses only the largest")
     p.add_argument("--steps", type=_int_list, default=[1, 2, 3, 4, 5])
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--image-size", type=positive_int, default=256,
+                   help="input size of the untrained default detector; with --detector null, of the images")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
-    pipe = p.add_argument_group("pipeline target (real Kafka, Redis and S3; S3 keys from INVAD_TEST_S3_ACCESS_KEY/"
-                                "INVAD_TEST_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    pipe = p.add_argument_group("pipeline target (real Kafka, Redis and S3)")
     pipe.add_argument("--images", type=positive_int, default=200, help="images per pipeline run (default 200)")
     pipe.add_argument("--workers-scaling", choices=("on", "off"), default="on",
-                      help="also run 1 vs 2 workers limited to one core each (default on)")
-    pipe.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $INVAD_TEST_KAFKA, else $INVAD_KAFKA_BOOTSTRAP)")
-    pipe.add_argument("--redis-url", default=None, help="Redis URL (default: $INVAD_TEST_REDIS_URL, else $INVAD_REDIS_URL)")
-    pipe.add_argument("--s3-endpoint", default=None,
-                      help="S3 endpoint (default: $INVAD_TEST_S3_ENDPOINT, else $INVAD_S3_ENDPOINT, else AWS)")
+                      help="also run 2 workers (InvAD: 1 vs 2 limited to one core each) (default on)")
+    pipe.add_argument("--detector", choices=("invad", "null"), default="invad",
+                      help="null: a cost-free detector, to measure the plumbing's own ceiling (default invad)")
+    pipe.add_argument("--flagged-fraction", type=_fractions, default=None,
+                      help="--detector null: fractions of images flagged, one run each (default 0,0.1)")
+    pipe.add_argument("--stage-profile", choices=("on", "off"), default="on",
+                      help="sample each worker's CPU by stage (default on)")
+    pipe.add_argument("--watch-pids", default=None, help="also report CPU of these processes: name=pid,...")
+    pipe.add_argument("--bootstrap", default=env("INVAD_KAFKA_BOOTSTRAP"), help="Kafka bootstrap (default: $INVAD_KAFKA_BOOTSTRAP)")
+    pipe.add_argument("--redis-url", default=env("INVAD_REDIS_URL"), help="Redis URL (default: $INVAD_REDIS_URL)")
+    pipe.add_argument("--s3-endpoint", default=env("INVAD_S3_ENDPOINT"),
+                      help="S3 endpoint (default: $INVAD_S3_ENDPOINT, else AWS)")
+    pipe.add_argument("--s3-region", default=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+                      help="S3 region (default: $AWS_REGION, else $AWS_DEFAULT_REGION, else us-east-1)")
+    pipe.add_argument("--s3-access-key", default=env("AWS_ACCESS_KEY_ID"), help="(default: $AWS_ACCESS_KEY_ID)")
+    pipe.add_argument("--s3-secret-key", default=env("AWS_SECRET_ACCESS_KEY"),
+                      help="(default: $AWS_SECRET_ACCESS_KEY; prefer the variable for a real secret)")
     p.set_defaults(run=_run_bench)
 
 
 def _run_bench(args) -> int:
     if args.target == "pipeline":
-        from .pipeline.bench import run_pipeline_bench
+        from .bench import pipeline
 
-        return run_pipeline_bench(args)
-    import torch
+        return pipeline.run(args)
+    from .bench import detector
 
-    from .core import bench
-    from .core.detector import Detector, select_device
-    from .core.config import DetectorConfig
-    from .core.train import TrainConfig, build_detector
-
-    device = select_device(args.device)
-    detector = (Detector.from_pretrained(args.model, device) if args.model
-                else build_detector(DetectorConfig(image_size=args.image_size), TrainConfig()).to(device))
-    images = bench.bench_images(max(args.batch_sizes), detector.config.image_size)
-    rows = bench.benchmark(detector, images, args.batch_sizes, args.steps, args.repeats)
-    ratios = bench.ratio_summary(rows, detector.config.steps)
-    bench.write(rows, args.out, {"model": args.model or "untrained default", "device": str(device),
-                                 "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})
-    print(bench.format_table(rows), end="")
-    for r in ratios:
-        print(f"batch {r['batch_size']}: inversion S={detector.config.steps} vs reconstruction: "
-              f"{r['end_to_end_speedup']:.2f}x end to end, {r['denoiser_speedup']:.2f}x denoiser only")
-    print(f"wrote {args.out}")
-    return 0
+    return detector.run(args)
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The detector subcommands end to end: train, score, eval, bench, and their argument errors."""
+"""The detector subcommands end to end: train, score, eval, and their argument errors (bench: tests/bench)."""
 
 import json
 
@@ -44,17 +44,6 @@ def test_eval_report_with_baselines(tiny_bundle, texture_category, tmp_path, cap
     assert any(m.startswith("reconstruction") for m in methods)
     for suffix in (".md", "_roc.png", "_examples.png"):
         assert report.with_name("eval" + suffix).is_file()
-
-
-def test_bench_writes_table_and_json(tiny_bundle, tmp_path, capsys):
-    out_file = tmp_path / "bench.json"
-    code, out, _ = run(["bench", "--model", tiny_bundle, "--batch-sizes", "1,2", "--steps", "1,3",
-                        "--repeats", "1", "--out", out_file], capsys)
-    assert code == 0 and "images/s" in out and "vs reconstruction" in out
-    rows = json.loads(out_file.read_text())["rows"]
-    assert {(r["method"], r["steps"], r["batch_size"]) for r in rows} >= {("inversion", 3, 2), ("reconstruction", 10, 1)}
-    inversion = next(r for r in rows if r["method"] == "inversion" and r["steps"] == 3)
-    assert inversion["denoiser_evals"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [

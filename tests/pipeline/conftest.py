@@ -1,14 +1,11 @@
-"""Pipeline fixtures: the real tiny detector (one- and two-class), generated image folders, and the
-real services.
+"""Pipeline fixtures: the real tiny detector (one- and two-class) and generated image folders.
 
-Service tests read ``INVAD_TEST_KAFKA``, ``INVAD_TEST_REDIS_URL`` and ``INVAD_TEST_S3_*`` (written by
-``scripts/services.sh`` to ``~/.cache/invad/run/services.env``) through ``services.service_setting``.
-Every test gets its own topic, group, Redis prefix and bucket.
+The real services' fixtures (``kafka_bootstrap``, ``redis_url``, ``s3_settings``) are in
+tests/conftest.py. Every test gets its own topic, group, Redis prefix and bucket.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import write_images  # noqa: E402
-from services import service_setting  # noqa: E402
 from synthetic import write_mvtec_category  # noqa: E402
 
 
@@ -56,21 +52,3 @@ def two_class_detector(two_class_bundle):
 def image_folder(tmp_path) -> tuple[Path, dict[str, bool]]:
     folder = tmp_path / "images"
     return folder, write_images(folder, 6, 4)
-
-
-@pytest.fixture
-def kafka_bootstrap() -> str:
-    return service_setting("INVAD_TEST_KAFKA")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return service_setting("INVAD_TEST_REDIS_URL")
-
-
-@pytest.fixture
-def s3_settings() -> dict[str, str]:
-    return {"endpoint": service_setting("INVAD_TEST_S3_ENDPOINT"),
-            "access_key": service_setting("INVAD_TEST_S3_ACCESS_KEY"),
-            "secret_key": service_setting("INVAD_TEST_S3_SECRET_KEY"),
-            "region": os.environ.get("INVAD_TEST_S3_REGION", "us-east-1")}

@@ -25,11 +25,6 @@ from services import service_setting
 
 
 @pytest.fixture
-def kafka_bootstrap() -> str:
-    return service_setting("INVAD_TEST_KAFKA")
-
-
-@pytest.fixture
 def topic() -> str:
     return f"invad-test-{uuid.uuid4().hex[:12]}"
 

@@ -84,11 +84,6 @@ class RedisSink:
                              alerts_maxlen=config.alert_stream_maxlen)
         return cls(config.redis_url, layout)
 
-    @property
-    def client(self) -> Any:
-        """The redis-py client, for read-side tools (``invad bench pipeline``) that must not import redis."""
-        return self._client
-
     def write(self, batch: Sequence[ScoredImage]) -> None:
         """Stage the batch; nothing is sent until :meth:`flush`."""
         for item in batch:

@@ -8,22 +8,23 @@ measured in one run are meaningful even on a noisy shared machine.
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data import DatasetLayoutError, elpv_split
-from .detector import Detector
-from .images import decode_image, load_image
-from .scoring import upsample_map
+from worker.core.config import DetectorConfig
+from worker.core.data import DatasetLayoutError, elpv_split
+from worker.core.detector import Detector, select_device
+from worker.core.images import decode_image, encode_png, load_image
+from worker.core.scoring import upsample_map
+from worker.core.train import TrainConfig, build_detector
 
 
 def _sync(device: torch.device) -> None:
@@ -49,15 +50,6 @@ class _EvalTimer:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def _encode(images) -> list[bytes]:
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 @torch.no_grad()
@@ -100,7 +92,7 @@ def benchmark(detector: Detector, images, batch_sizes: Sequence[int], steps: Seq
     """Rows of median timings for every (method, steps, batch size)."""
     rows = []
     for batch in batch_sizes:
-        encoded = _encode([images[i % len(images)] for i in range(batch)])
+        encoded = [encode_png(images[i % len(images)]) for i in range(batch)]
         configs = [("inversion", s) for s in steps]
         if reconstruction:
             configs.append(("reconstruction", detector.config.reconstruction.steps))
@@ -163,3 +155,27 @@ def bench_images(n: int, size: int, seed: int = 0):
     except DatasetLayoutError:  # the elpv-dataset package is not installed
         rng = np.random.default_rng(seed)
         return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def build(model: str | None, image_size: int, device: str | None) -> Detector:
+    """The bundle at ``model``, else the untrained default architecture at ``image_size`` px."""
+    selected = select_device(device)
+    if model:
+        return Detector.from_pretrained(model, selected)
+    return build_detector(DetectorConfig(image_size=image_size), TrainConfig()).to(selected)
+
+
+def run(args: Any) -> int:
+    """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
+    detector = build(args.model, args.image_size, args.device)
+    images = bench_images(max(args.batch_sizes), detector.config.image_size)
+    rows = benchmark(detector, images, args.batch_sizes, args.steps, args.repeats)
+    ratios = ratio_summary(rows, detector.config.steps)
+    write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
+                           "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})
+    print(format_table(rows), end="")
+    for r in ratios:
+        print(f"batch {r['batch_size']}: inversion S={detector.config.steps} vs reconstruction: "
+              f"{r['end_to_end_speedup']:.2f}x end to end, {r['denoiser_speedup']:.2f}x denoiser only")
+    print(f"wrote {args.out}")
+    return 0
