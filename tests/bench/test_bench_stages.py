@@ -19,6 +19,10 @@ def test_stage_of_names_the_innermost_known_module():
     assert stages.stage_of(["/venv/redis/client.py", "/app/worker/pipeline/redis_sink.py"]) == "redis sink"
     # s3.py is shared by fetch and the S3 sink: its caller decides
     assert stages.stage_of(["/app/worker/pipeline/s3.py", "/app/worker/pipeline/fetch.py"]) == "fetch (S3 GET)"
+    assert stages.stage_of(["/venv/PIL/PngImagePlugin.py", "/app/worker/core/images.py", "/app/worker/core/overlay.py",
+                            "/app/worker/pipeline/loop.py"]) == "overlay render + PNG"
+    assert stages.stage_of(["/venv/PIL/Image.py", "/app/worker/core/images.py", "/app/worker/pipeline/fetch.py"]) \
+        == "image decode"
     assert stages.stage_of(["/app/worker/pipeline/s3.py", "/app/worker/pipeline/s3_sink.py"]) == "s3 sink (PUT)"
     assert stages.stage_of(["/venv/site-packages/kafka/coordinator/heartbeat.py"]) == stages.KAFKA_CLIENT
     assert stages.stage_of(["/app/tests/test_x.py"]) == stages.OTHER

@@ -31,8 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-# module file -> stage, matched from the innermost frame outwards (so a PNG encode under overlay.py
-# counts as "overlay", one under images.py as "image decode"). worker/pipeline/s3.py is left out: it is
+# module file -> stage, matched from the innermost frame outwards (a decode in images.py counts as
+# "image decode"; a PNG encode of images.py under overlay.py as the overlay, see _ENCLOSED_BY). worker/pipeline/s3.py is left out: it is
 # shared by fetch and the S3 sink, and its caller decides.
 STAGES = {
     ("core", "overlay.py"): "overlay render + PNG",
@@ -53,12 +53,25 @@ _THREAD = re.compile(r"^(?:Current thread|Thread) 0x([0-9a-f]+)", re.MULTILINE)
 _FILE = re.compile(r'^  File "(.*)", line \d+ in ', re.MULTILINE)
 
 
+# A module whose work belongs to a caller when that caller is on the stack: images.py both decodes
+# (under fetch) and encodes PNG (under overlay.py, where it is the overlay's cost).
+_ENCLOSED_BY = {("core", "images.py"): ("core", "overlay.py")}
+
+
+def _module(path: str) -> tuple[str, str]:
+    return os.path.basename(os.path.dirname(path)), os.path.basename(path)
+
+
 def stage_of(paths: Sequence[str]) -> str:
     """The stage of the first of ``paths`` (source files of a stack, innermost first) in a known module."""
     library = None
-    for path in paths:
-        stage = STAGES.get((os.path.basename(os.path.dirname(path)), os.path.basename(path)))
+    for index, path in enumerate(paths):
+        module = _module(path)
+        stage = STAGES.get(module)
         if stage is not None:
+            outer = _ENCLOSED_BY.get(module)
+            if outer is not None and any(_module(p) == outer for p in paths[index + 1:]):
+                return STAGES[outer]
             return stage
         if library is None and f"{os.sep}kafka{os.sep}" in path:
             library = KAFKA_CLIENT  # kafka-python's heartbeat and network threads
