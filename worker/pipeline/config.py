@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from schemas import redis_layout
+from worker.common import s3client
+
 from .redact import MASK, credentials_in, redact_text, redact_value
 
 MODES = ("kafka", "embedded")
@@ -151,8 +154,9 @@ def _name(pattern: str, allowed: str) -> Rule:
 
 _TOPIC = _name(r"[A-Za-z0-9._-]{1,249}", "[A-Za-z0-9._-]{1,249}")
 _KEYPART = _name(r"[A-Za-z0-9._:-]{1,128}", "[A-Za-z0-9._:-]{1,128}")
-_REDIS_PREFIX = _name(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", "1-64 characters of [A-Za-z0-9._:-], starting with a letter or digit")
-_BUCKET = _name(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "an S3 bucket name ([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])")
+_REDIS_PREFIX = _name(redis_layout.PREFIX_PATTERN + r"(?<!:)",
+                      "1-64 characters of [A-Za-z0-9._:-], starting with a letter or digit, not ending with ':'")
+_BUCKET = _name(s3client.BUCKET_PATTERN, f"an S3 bucket name ({s3client.BUCKET_PATTERN})")
 _PREFIX = _name(r"[A-Za-z0-9._/-]{0,256}", "[A-Za-z0-9._/-]{0,256}")
 _LEVEL = _name(r"debug|info|warning|error", "debug, info, warning or error")
 _TEXT = Rule(str, "any text")
@@ -227,11 +231,14 @@ class WorkerConfig:
                                     "Redis URL for score records and alerts (required in kafka mode); "
                                     "a password in it is masked in logs, but prefer the variable to the flag",
                                     secret=True)
-    redis_prefix: str = setting("invad", _REDIS_PREFIX, "prefix of every Redis key")
-    record_ttl_s: int = setting(604800, _int(1), "TTL of score records and alert markers in Redis (s)")
-    recent_per_line: int = setting(10000, _int(1), "size of each line's recent zset")
-    top_per_line: int = setting(1000, _int(1), "size of each line's top-score zset")
-    alert_stream_maxlen: int = setting(100000, _int(1), "approximate MAXLEN of the alert stream")
+    # Redis defaults are the layout's own (schemas/redis_layout.py), written once there.
+    redis_prefix: str = setting(redis_layout.DEFAULT_PREFIX, _REDIS_PREFIX, "prefix of every Redis key")
+    record_ttl_s: int = setting(redis_layout.DEFAULT_RECORD_TTL_S, _int(1),
+                                "TTL of score records and alert markers in Redis (s)")
+    recent_per_line: int = setting(redis_layout.DEFAULT_RECENT_MAX, _int(1), "size of each line's recent zset")
+    top_per_line: int = setting(redis_layout.DEFAULT_TOP_MAX, _int(1), "size of each line's top-score zset")
+    alert_stream_maxlen: int = setting(redis_layout.DEFAULT_ALERTS_MAXLEN, _int(1),
+                                       "approximate MAXLEN of the alert stream")
     # -- S3 --
     s3_endpoint: str | None = setting(None, _url("http", "https", bare=True), "S3 endpoint URL", derived="AWS")
     s3_bucket: str | None = setting(None, _BUCKET, "bucket for flagged images, overlays and records "

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from worker.common import s3client
 
 from . import s3
-from .errors import Misconfigured
+from .errors import DependencyDown, Misconfigured
 from .sinks import ScoredImage, artefact_key, artefact_keys
 
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff",
@@ -55,7 +55,7 @@ class S3Sink:
             self.client.head_bucket(Bucket=self.bucket)
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"probe", ContentType="text/plain")
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except Misconfigured:
+        except (Misconfigured, DependencyDown):
             raise
         except Exception as error:  # noqa: BLE001 - classified below
             if s3client.is_transient(error):
