@@ -86,3 +86,29 @@ def test_sampler_charges_a_busy_thread_to_its_stage_and_marks_windows(tmp_path):
     assert by_stage["overlay render + PNG"] > 0.8 * others, by_stage
     assert by_stage[stages.PROFILER] < 0.25 * by_stage["overlay render + PNG"], by_stage
     assert span["process_cpu_s"] >= 0.95 * sum(by_stage.values())
+
+
+def test_cpu_of_a_thread_found_idle_goes_to_the_stage_it_was_last_seen_in(tmp_path):
+    namespace: dict = {}
+    exec(compile("def work(seconds):\n    end = time.thread_time() + seconds\n    while time.thread_time() < end:\n"
+                 "        pass\n", "/app/worker/pipeline/fetch.py", "exec"), {"time": time}, namespace)
+    busy, done = threading.Event(), threading.Event()
+
+    def pool_thread() -> None:  # like a fetch-pool thread: busy in fetch.py, then idle outside every stage
+        busy.set()
+        namespace["work"](0.5)
+        done.set()
+        time.sleep(0.5)
+
+    sampler = stages.StageSampler(tmp_path / "marks", interval_s=3600)  # ticks driven by hand below
+    thread = threading.Thread(target=pool_thread)
+    thread.start()
+    try:
+        busy.wait(10)
+        time.sleep(0.1)  # well inside work()
+        sampler._tick()  # seen busy in fetch.py
+        done.wait(10)
+        sampler._tick()  # seen idle: the CPU it used since the first tick still belongs to the fetch stage
+    finally:
+        thread.join()
+    assert sampler.cpu_s["fetch (S3 GET)"] > 0.3 and sampler.cpu_s[stages.OTHER] < 0.05, dict(sampler.cpu_s)

@@ -270,6 +270,7 @@ def run(args: Any) -> int:
     watch_pids = parse_pids(args.watch_pids)
     batch_size, token = max(args.batch_sizes), uuid.uuid4().hex[:8]
     scratch = Path(tempfile.mkdtemp(prefix="invad-bench-"))
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
         service_config(args, token, NULL_MODELS, batch_size)  # fail on a bad service setting before the slow part
         models, encoded, rows, meta = prepare_inputs(args, scratch, batch_size)
@@ -287,6 +288,8 @@ def run(args: Any) -> int:
     meta.update(detector=args.detector, device=args.device or "auto", batch_size=batch_size, images=args.images,
                 poll_interval_ms=POLL_S * 1e3, topic=config.topic, watched_pids=watch_pids,
                 stage_profile=args.stage_profile, left_behind=left_behind,
+                load_average_1m={"before": load_before and round(load_before[0], 2),  # other work on the machine
+                                 "after": round(os.getloadavg()[0], 2) if load_before else None},
                 warmup="wait for partition assignment, then 2*batch_size refs per worker scored before timing")
     out = write_report(args.out, meta, goals, rows)
     print(format_table(rows), end="")

@@ -2,7 +2,8 @@
 
 Every ``interval_s`` a thread reads each Python thread's CPU clock and charges the CPU it used since
 the previous tick to the stage that thread is in now, found from its stack: the innermost frame whose
-module is one of :data:`STAGES`. The loop's own structure is not assumed, so the split stays valid when
+module is one of :data:`STAGES` (a thread found idle outside every stage, such as a fetch-pool thread
+between tasks, is charged to the stage it was last seen in). The loop's own structure is not assumed, so the split stays valid when
 stages move between threads. The error per stage is about one tick of CPU per stage change, small
 over a run of thousands of images; the sampler reports its own CPU as the stage "profiler" (a dump of
 a worker's 20 threads costs about 4 ms of CPU, as faulthandler writes byte by byte, so 5 ticks a
@@ -97,7 +98,8 @@ class StageSampler:
     def __init__(self, marks_path: str | os.PathLike, interval_s: float = 0.2):
         self.path, self.interval_s = Path(marks_path), interval_s
         self.cpu_s: Counter[str] = Counter()
-        self._last: dict[int, float] = {}
+        self._last: dict[int, float] = {}  # thread ident -> its CPU clock at the last tick
+        self._seen: dict[int, str] = {}  # thread ident -> the last stage other than OTHER it was seen in
         self._dump = tempfile.TemporaryFile()
         self._mark = threading.Event()
         self._stop = threading.Event()
@@ -126,9 +128,15 @@ class StageSampler:
                 continue
             used = now - self._last.get(ident, now)
             self._last[ident] = now
-            self.cpu_s[PROFILER if ident == me else stage_of(paths)] += used
+            stage = PROFILER if ident == me else stage_of(paths)
+            if stage == OTHER:  # idle now (a pool thread between tasks): its CPU went where it was last seen
+                stage = self._seen.get(ident, OTHER)
+            else:
+                self._seen[ident] = stage
+            self.cpu_s[stage] += used
         for ident in set(self._last) - set(native):
             del self._last[ident]
+            self._seen.pop(ident, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
