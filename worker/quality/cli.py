@@ -18,6 +18,9 @@ def add_quality(sub) -> None:
     s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     s.add_argument("--hypotheses", default="base", help="comma list: base, nbhd3, long, wide (default base)")
     s.add_argument("--iterations", type=int, default=None, help="denoiser training steps (default: training's)")
+    s.add_argument("--batch-size", type=int, default=None, help="denoiser training batch (default: training's)")
+    s.add_argument("--no-reconstruction", action="store_true",
+                   help="skip the reconstruction baseline (10 network evaluations per image: the costliest row)")
     s.add_argument("--steps", default="3,5", help="inversion step counts to score (default 3,5)")
     s.set_defaults(run=_run_seeds)
     d = q.add_parser("defects", help="write the ELPV synthetic-defect localisation set")
@@ -41,10 +44,11 @@ def _run_seeds(args) -> int:
     from ..core.train import TrainConfig
     from .protocol import markdown, run
 
-    base = TrainConfig() if args.iterations is None else replace(TrainConfig(), iterations=args.iterations)
+    overrides = {"iterations": args.iterations, "batch_size": args.batch_size}
+    base = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     seeds = _ints(args.seeds, "seeds")
     summary = run([h.strip() for h in args.hypotheses.split(",") if h.strip()], seeds, args.out, base,
-                  _ints(args.steps, "steps"))
+                  _ints(args.steps, "steps"), reconstruction=not args.no_reconstruction)
     print(markdown(summary, seeds), end="")
     return 0
 
