@@ -31,6 +31,34 @@ def add_quality(sub) -> None:
     d.set_defaults(run=_run_defects)
 
 
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="recalibrate a bundle's threshold on fresh normal images, without retraining",
+                       description="Re-standardises the bundle's image score and resets its threshold on NORMALS "
+                                   "(a folder of normal images from the line: new camera, new lighting). Reports the "
+                                   "95 %% upper bound of the false-positive rate, and warns below "
+                                   "100 images.")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("normals", help="folder of normal images (or an MVTec category: its train/good)")
+    p.add_argument("--out", default=None, help="bundle folder to write (default: overwrite BUNDLE)")
+    p.add_argument("--target-fpr", type=float, default=None, help="new target false-positive rate (default: the bundle's)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    import sys
+
+    from .thresholds import recalibrate
+
+    if args.target_fpr is not None and not 0.0 < args.target_fpr < 1.0:
+        raise ValueError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
+    summary = recalibrate(args.bundle, args.normals, args.out, args.device, args.target_fpr)
+    if summary["warning"]:
+        print(f"invad calibrate: warning: {summary['warning']}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _ints(text: str, what: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
