@@ -7,7 +7,7 @@ import pytest
 
 from worker.cli import main
 from worker.core.detector import Detector
-from worker.quality.thresholds import MIN_CALIBRATION_IMAGES, describe, fpr_upper_bound, images_needed
+from worker.core.scoring import MIN_CALIBRATION_IMAGES, describe_threshold as describe, fpr_upper_bound, images_needed
 
 
 def test_bound_with_no_normal_above_is_the_closed_form():
