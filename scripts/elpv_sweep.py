@@ -6,6 +6,9 @@ so a variant costs only its denoiser training. Prints a table and writes JSON:
 
     ~/.cache/invad/venv/bin/python scripts/elpv_sweep.py --out docs/elpv_sweep.json
 
+Single trainings mislead (issue 8: AUROC moved by 0.2 between two seeds): for decisions use the
+multi-seed protocol, ``invad quality seeds`` (worker/quality/protocol.py), which this script predates.
+
 Caveat: choosing a default on the ELPV test split tunes on the test set; the figures say how much
 each choice matters, the default must also be sane on data we do not have.
 """

@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo
 
     add_demo(sub)
+    from .quality.cli import add_calibrate, add_quality
+
+    add_quality(sub)
+    add_calibrate(sub)
     from producers import cli as produce_cli
 
     produce = sub.add_parser("produce", help="publish image references to Kafka")

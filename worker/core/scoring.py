@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import beta
 
 COMPONENTS = ("nll", "range", "map_max", "map_mean")
 
@@ -112,3 +114,38 @@ def threshold_f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, flo
     best = int(np.argmax(np.where(distinct, f1, -1.0)))
     below = sorted_scores[best + 1] if best + 1 < len(sorted_scores) else sorted_scores[best] - 1.0
     return float((sorted_scores[best] + below) / 2), float(f1[best])
+
+
+MIN_CALIBRATION_IMAGES = 100
+
+
+# Calibration: a threshold set on n normals with m above it has a true false-positive rate distributed as
+# Beta(m + 1, n - m) (continuous scores); its 95 % quantile is what the count of normals can promise.
+def fpr_upper_bound(n: int, above: int, confidence: float = 0.95) -> float:
+    """Upper ``confidence`` bound of the false-positive rate of a threshold with ``above`` of ``n`` normals over it."""
+    if n < 1 or not 0 <= above < n:
+        raise ValueError(f"need n >= 1 calibration scores and 0 <= above < n, got n={n}, above={above}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return float(beta.ppf(confidence, above + 1, n - above))
+
+
+def images_needed(target_fpr: float, factor: float = 2.0, confidence: float = 0.95) -> int:
+    """Fewest calibration normals for which a threshold with none above it is within ``factor`` x target."""
+    # 1 - (1 - confidence)^(1/n) <= factor * target  <=>  n >= log(1 - confidence) / log(1 - factor * target)
+    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - min(factor * target_fpr, 0.999)))
+
+
+def describe_threshold(scores: Sequence[float], threshold: float, target_fpr: float) -> dict:
+    """What calibration can promise: counts, the empirical and bounded rates, and a warning if too few images."""
+    scores = np.asarray(scores, np.float64)
+    n, above = int(scores.size), int((scores > threshold).sum())
+    summary = {"calibration_images": n, "above_threshold": above, "empirical_fpr": above / n if n else None,
+               "fpr_upper_95": fpr_upper_bound(n, min(above, n - 1)) if n else None, "target_fpr": target_fpr,
+               "warning": None}
+    if n < MIN_CALIBRATION_IMAGES:
+        summary["warning"] = (f"only {n} calibration images: the false-positive rate may be up to "
+                              f"{summary['fpr_upper_95']:.1%} (95 % bound) against a target of {target_fpr:.1%}; "
+                              f"calibrate on at least {max(MIN_CALIBRATION_IMAGES, images_needed(target_fpr))} "
+                              "normal images (invad calibrate BUNDLE NORMALS/)")
+    return summary

@@ -34,7 +34,7 @@ from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, Featur
 from .detector import Detector, select_device
 from .images import load_image
 from .inversion import make_scheduler, q_sample
-from .scoring import fit_standardiser, threshold_at_fpr, threshold_f1_max
+from .scoring import describe_threshold, fit_standardiser, threshold_at_fpr, threshold_f1_max
 
 
 @dataclass(frozen=True)
@@ -241,8 +241,10 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
         detector.calib_mean[k], detector.calib_std[k] = mean.to(detector.device), std.to(detector.device)
     scores = _combined(detector, values, labels)
     for k, name in enumerate(detector.classes):
-        detector.thresholds[k] = threshold_at_fpr(scores[labels.numpy() == k], detector.config.target_fpr)
-        summary[name] = {"calibration_images": int((labels == k).sum()), "threshold": float(detector.thresholds[k])}
+        chosen = scores[labels.numpy() == k]
+        detector.thresholds[k] = threshold_at_fpr(chosen, detector.config.target_fpr)
+        summary[name] = {**describe_threshold(chosen, float(detector.thresholds[k]), detector.config.target_fpr),
+                         "threshold": float(detector.thresholds[k])}
     if validation is not None:
         v_features, v_labels, v_truth = validation
         v_values = component_matrix(detector, v_features, v_labels)

@@ -1,0 +1,1 @@
+"""Detection-quality tooling: a multi-seed evaluation protocol and a synthetic-defect localisation set."""

@@ -1,0 +1,40 @@
+"""Raw backbone features of image lists, cached on disk so every hypothesis and seed reuses one extraction.
+
+Cache: ``$INVAD_CACHE/elpv-features/<backbone>-<size>-<strides>/<name>-<digest>.pt`` (default
+``~/.cache/invad``), where the digest covers the image paths and file sizes. Never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..core.config import DetectorConfig
+from ..core.train import TrainConfig, build_detector, extract_features
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INVAD_CACHE", Path.home() / ".cache" / "invad")) / "elpv-features"
+
+
+def raw_features(config: DetectorConfig, name: str, paths: Sequence[Path], batch: int = 16,
+                 progress: bool = True) -> torch.Tensor:
+    """Unstandardised features (N, C, g, g) float32 of ``paths`` under ``config``'s backbone, cached."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path}|{Path(path).stat().st_size}\n".encode())
+    folder = cache_root() / f"{config.backbone}-{config.image_size}-{'_'.join(map(str, config.strides))}"
+    file = folder / f"{name}-{digest.hexdigest()[:16]}.pt"
+    if file.is_file():
+        return torch.load(file)
+    folder.mkdir(parents=True, exist_ok=True)
+    detector = build_detector(config, TrainConfig())  # untrained: features() returns raw features
+    features = extract_features(detector, list(paths), batch, name, progress)
+    staging = file.with_suffix(".tmp")
+    torch.save(features, staging)
+    staging.rename(file)
+    return features

@@ -1,0 +1,305 @@
+"""The multi-seed evaluation protocol: train N seeds on ELPV, report mean and spread of every metric.
+
+For each hypothesis (a training or feature variant) and each seed:
+1. split the ELPV training normals with the seed (as ``invad train elpv --seed N`` does), standardise,
+   train the denoiser with the real training code, fit position statistics and calibrate;
+2. score the ELPV test split (image AUROC, AP) and the synthetic localisation set (pixel AUROC, AUPRO)
+   with every *scoring variant*, which need no retraining: the shipped calibrated score at S = 3 and 5,
+   map_max, top-k of the map, and an ensemble of the latents x_1..x_S the inversion passes through;
+   plus both baselines (reconstruction, per-position Gaussian) on the same features.
+Backbone features are extracted once and cached (:mod:`worker.quality.features`), so a hypothesis costs
+its denoiser trainings. The localisation set is for maps only: its image AUROC is reported, but the image
+score is chosen on ELPV alone. Milliseconds per image count the denoiser and scoring on cached features
+(the backbone, shared by every row, is timed once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.config import DetectorConfig
+from ..core.data import elpv_split, mvtec_test_set
+from ..core.denoiser import FeatureDenoiser
+from ..core.detector import Detector
+from ..core.evaluate import pixel_maps
+from ..core.images import load_mask
+from ..core.inversion import ddim_invert, inversion_timesteps
+from ..core.metrics import aupro, image_metrics, pixel_auroc
+from ..core.scoring import fit_standardiser, latent_nll, latent_norm_map
+from ..core.train import TrainConfig, build_detector, calibrate, feature_statistics, split_normals, train_denoiser
+from .defects import write_localisation_set
+from .features import cache_root, raw_features
+
+LOCALISATION_SET = "localisation-v1"
+TOPK = (4, 16)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A variant that needs its own training: denoiser/optimiser overrides and a feature transform."""
+
+    name: str
+    train: dict = field(default_factory=dict)  # TrainConfig overrides
+    neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
+    what: str = ""
+
+
+HYPOTHESES = {
+    "base": Hypothesis("base", what="the shipped defaults"),
+    "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
+    "long": Hypothesis("long", {"iterations": 3000}, what="twice the training steps"),
+    "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
+}
+
+
+def aggregate(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over each position's k x k neighbourhood (edges average what exists): (N, C, g, g) -> same."""
+    if k == 1:
+        return features
+    return F.avg_pool2d(features, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+@dataclass
+class Data:
+    train_paths: list[Path]
+    train: torch.Tensor  # raw features of every ELPV training normal
+    test: torch.Tensor
+    test_labels: np.ndarray
+    loc: torch.Tensor
+    loc_labels: np.ndarray
+    loc_masks: np.ndarray  # (N, size, size) bool
+
+
+def load_data(config: DetectorConfig, progress: bool = True) -> Data:
+    train_samples, test = elpv_split()
+    loc_root = cache_root() / LOCALISATION_SET
+    if not (loc_root / "test").is_dir():
+        write_localisation_set(loc_root, [s.path for s in test if s.label == 0], seed=0)
+    loc = mvtec_test_set(loc_root)
+    size = config.image_size
+    masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool) for s in loc])
+    paths = [s.path for s in train_samples]
+    return Data(paths, raw_features(config, "elpv-train", paths, progress=progress),
+                raw_features(config, "elpv-test", [s.path for s in test], progress=progress),
+                np.array([s.label for s in test]),
+                raw_features(config, LOCALISATION_SET, [s.path for s in loc], progress=progress),
+                np.array([s.label for s in loc]), masks)
+
+
+def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int,
+               base_train: TrainConfig, progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], float]:
+    """A trained, calibrated detector for one seed and its standardised feature sets."""
+    tc = replace(base_train, seed=seed, **hypothesis.train)
+    index = {p: i for i, p in enumerate(data.train_paths)}
+    train_part, calib_part = split_normals(data.train_paths, tc.calib_fraction, seed)
+    raw = {"train": data.train[[index[p] for p in train_part]], "calib": data.train[[index[p] for p in calib_part]],
+           "test": data.test, "loc": data.loc}
+    raw = {k: aggregate(v, hypothesis.neighbourhood) for k, v in raw.items()}
+    detector = build_detector(config, tc)
+    mean, std = feature_statistics(raw["train"])
+    detector.feature_mean.copy_(mean)
+    detector.feature_std.copy_(std)
+    feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
+    torch.manual_seed(seed)
+    initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
+    clock = time.perf_counter()
+    zeros = torch.zeros(len(feats["train"]), dtype=torch.long)
+    denoiser, _ = train_denoiser(initial, feats["train"], zeros, tc, detector.alphas_cumprod,
+                                 torch.device("cpu"), progress=progress)
+    detector.denoiser = denoiser.eval()
+    return detector, feats, time.perf_counter() - clock
+
+
+@torch.no_grad()
+def inversion_path(detector: Detector, x0: torch.Tensor, steps: int, batch: int = 128) -> list[torch.Tensor]:
+    """[x_1, ..., x_S] of the DDIM inversion of x0 (one step at a time: S network evaluations in all)."""
+    timesteps = inversion_timesteps(steps, len(detector.alphas_cumprod))
+    labels = torch.zeros(len(x0), dtype=torch.long)
+    out: list[list[torch.Tensor]] = [[] for _ in range(steps)]
+    for start in range(0, len(x0), batch):
+        x, eps = x0[start:start + batch], detector.eps_fn(labels[start:start + batch])
+        for k in range(steps):
+            x = ddim_invert(eps, x, detector.alphas_cumprod, timesteps[k:k + 2])
+            out[k].append(x)
+    return [torch.cat(chunks) for chunks in out]
+
+
+def _standardised_maps(path: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    return [(latent_norm_map(x) - mu) / sd for x, (mu, sd) in zip(path, stats)]
+
+
+@torch.no_grad()
+def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], steps_list: Sequence[int] = (3, 5),
+                     reconstruction: bool = True) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+    """{set: {variant: (image scores (N,), grid maps (N, g, g), ms per image)}} for the test and loc sets."""
+    base_config = detector.config
+    zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    out: dict[str, dict] = {"test": {}, "loc": {}}
+    for steps in steps_list:
+        detector.config = replace(base_config, steps=steps, score_components=("nll", "map_max"))
+        # Per-position statistics of every step's latent norm on the training normals (the last step's
+        # are the bundle's position statistics, as fit_statistics computes them), then calibration.
+        train_path = inversion_path(detector, feats["train"], steps)
+        stats = [fit_standardiser(latent_norm_map(x)) for x in train_path]
+        detector.position_mean[0], detector.position_std[0] = stats[-1]
+        detector.gauss_mean[0], detector.gauss_std[0] = fit_standardiser(feats["train"])
+        del train_path
+        calibrate(detector, feats["calib"], zeros(len(feats["calib"])))
+        for name in ("test", "loc"):
+            x0 = feats[name]
+            clock = time.perf_counter()
+            path = inversion_path(detector, x0, steps)
+            invert_ms = 1e3 * (time.perf_counter() - clock) / len(x0)
+            clock = time.perf_counter()
+            maps = _standardised_maps(path, stats)
+            last = maps[-1]
+            flat = last.flatten(1)
+            nll = latent_nll(path[-1])
+            calibrated = detector.combine({"nll": nll, "map_max": flat.max(1).values}, zeros(len(x0)))
+            ms = invert_ms + 1e3 * (time.perf_counter() - clock) / len(x0)
+            ensemble = torch.stack(maps).mean(0)
+            rows = out[name]
+            rows[f"S={steps} shipped (nll+map_max)"] = (calibrated, last, ms)
+            rows[f"S={steps} map_max"] = (flat.max(1).values, last, ms)
+            for k in TOPK:
+                rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last, ms)
+            rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble, ms)
+            rows[f"S={steps} path ensemble top4"] = (ensemble.flatten(1).topk(4, dim=1).values.mean(1), ensemble, ms)
+    detector.config = base_config
+    baselines = [("gaussian", "per-position gaussian")]
+    if reconstruction:
+        baselines.append(("reconstruction", "reconstruction t=400 S=10"))
+    for name in ("test", "loc"):
+        for kind, label in baselines:
+            clock = time.perf_counter()
+            comps, grid = detector.score_features(feats[name], zeros(len(feats[name])), kind)
+            out[name][label] = (comps["map_max"], grid, 1e3 * (time.perf_counter() - clock) / len(feats[name]))
+    return out
+
+
+def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    pixel_cache: dict[int, tuple[float, float]] = {}
+    for name, (score, _, ms) in variants["test"].items():
+        m = image_metrics(score.numpy(), data.test_labels)
+        rows[name] = {"image_auroc": m["auroc"], "image_ap": m["ap"], "ms_per_image": ms}
+    for name, (score, grid, _) in variants["loc"].items():
+        key = id(grid)
+        if key not in pixel_cache:
+            maps = pixel_maps(grid.float(), size, sigma)
+            # 2 M of the 19.7 M pixels for the AUROC (uniform, seeded): the sort dominates on 2 cores.
+            pixel_cache[key] = (pixel_auroc(maps, data.loc_masks, max_pixels=2_000_000), aupro(maps, data.loc_masks))
+            del maps
+        rows[name].update(loc_image_auroc=image_metrics(score.numpy(), data.loc_labels)["auroc"],
+                          pixel_auroc=pixel_cache[key][0], aupro=pixel_cache[key][1])
+    return rows
+
+
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "loc_image_auroc", "ms_per_image")
+
+
+def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
+    """{hypothesis/variant: {metric: {mean, std, min, max, values}}} over the seeds of ``runs``."""
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for variant, metrics in run["rows"].items():
+            row = grouped.setdefault(f"{run['hypothesis']} / {variant}", {})
+            for key in METRICS:
+                row.setdefault(key, []).append(metrics[key])
+    return {name: {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                         "min": float(np.min(v)), "max": float(np.max(v)), "values": v}
+                   for key, v in row.items()} for name, row in grouped.items()}
+
+
+def markdown(summary: dict, seeds: Sequence[int]) -> str:
+    def cell(s, digits=3):
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+    lines = [f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}.", "",
+             "| hypothesis / scoring | ELPV image AUROC | ELPV AP | synthetic pixel AUROC | synthetic AUPRO | "
+             "denoiser+scoring ms/image |", "|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        lines.append(f"| {name} | {cell(row['image_auroc'])} | {cell(row['image_ap'])} | {cell(row['pixel_auroc'])} | "
+                     f"{cell(row['aupro'])} | {row['ms_per_image']['mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 0.32 * len(names) + 1.5), sharey=True)
+    for axis, key, title in zip(axes, ("image_auroc", "pixel_auroc", "aupro"),
+                                ("ELPV image AUROC", "synthetic pixel AUROC", "synthetic AUPRO")):
+        for i, name in enumerate(names):
+            values = summary[name][key]["values"]
+            axis.scatter(values, [i] * len(values), s=12, color="tab:blue", alpha=0.6)
+            axis.errorbar(summary[name][key]["mean"], i, xerr=summary[name][key]["std"], fmt="o", color="k", ms=3)
+        axis.set_title(title, fontsize=9)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)))
+    axes[0].set_yticklabels(names, fontsize=7)
+    axes[0].invert_yaxis()
+    path = out.with_suffix(".png")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_train: TrainConfig | None = None,
+        steps_list: Sequence[int] = (3, 5), reconstruction: bool = True, progress: bool = True) -> dict:
+    """Train and score every hypothesis x seed; writes OUT.json (every run, appended as it finishes),
+    OUT.md and OUT.png. Runs already in OUT.json (same hypothesis, seed and training config) are reused."""
+    unknown = [h for h in hypotheses if h not in HYPOTHESES]
+    if unknown:
+        raise ValueError(f"unknown hypotheses {unknown}; choose from {', '.join(HYPOTHESES)}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base_train = base_train or TrainConfig()
+    config = DetectorConfig()
+    data = load_data(config, progress)
+    done = json.loads(out.read_text())["runs"] if out.is_file() else []
+    runs = []
+    for name in hypotheses:
+        hypothesis = HYPOTHESES[name]
+        for seed in seeds:
+            tc = asdict(replace(base_train, seed=seed, **hypothesis.train))
+            previous = [r for r in done if r["hypothesis"] == name and r["train_config"] == tc]
+            if previous:
+                runs.append(previous[0])
+                continue
+            detector, feats, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
+            # S = 3 vs 5 and the reconstruction baseline depend on the denoiser only through its weights:
+            # measured for the base hypothesis; other hypotheses are scored at the first step count.
+            base = name == "base"
+            variants = scoring_variants(detector, feats, steps_list if base else steps_list[:1],
+                                        reconstruction=base and reconstruction)
+            rows = _metrics(variants, data, config.image_size, config.map_sigma)
+            runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
+                         "neighbourhood": hypothesis.neighbourhood, "train_seconds": train_s, "rows": rows})
+            if progress:
+                head = rows[f"S={steps_list[0]} shipped (nll+map_max)"]
+                print(f"{name} seed {seed}: trained in {train_s:.0f} s, image AUROC {head['image_auroc']:.3f}, "
+                      f"pixel AUROC {head['pixel_auroc']:.3f}, AUPRO {head['aupro']:.3f}", flush=True)
+            kept = [r for r in done if not (r["hypothesis"] == name and r["train_config"] == tc)]
+            done = kept + [runs[-1]]
+            out.write_text(json.dumps({"runs": done}, indent=1) + "\n")
+    summary = summarise(runs)
+    out.write_text(json.dumps({"seeds": list(seeds), "hypotheses": list(hypotheses), "summary": summary,
+                               "runs": done}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(summary, seeds))
+    plot(summary, out)
+    return summary
