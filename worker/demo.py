@@ -84,8 +84,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from sklearn.metrics import roc_auc_score
 
     from .core.data import elpv_split
-    from .pipeline.cli import run_embedded
+    from .pipeline.cli import configure_logging, run_embedded
 
+    configure_logging("warning")  # the summary is the demo's output; a line per scored cell is noise here
     if args.train_images < 16 or args.iterations < 1 or args.test_images < 1:
         raise ValueError("--train-images must be >= 16, --iterations and --test-images >= 1")
     started = time.perf_counter()
