@@ -72,15 +72,19 @@ def events(log: Path) -> list[str]:
 
 def test_worker_started_before_the_broker_waits_for_it(broker, redis_url, s3_settings, tiny_bundle, tmp_path):
     kenv = KafkaEnv(broker.bootstrap, redis_url, s3_settings, partitions=2, models=str(tiny_bundle))
+    # The topics exist before the worker starts (a worker refuses a missing topic at start): create
+    # them, then take the broker down; its log directory keeps them for the restart.
+    broker.start()
+    kenv.setup()
+    broker.stop()
     log = tmp_path / "worker.log"
     proc = start_worker_process(kenv, log)
     try:
         # kafka-python gives up on an unreachable bootstrap after request_timeout_ms (30 s): the
         # worker must call that an outage and try again, not exit.
-        wait_for(lambda: "dependency_down_at_start" in events(log), 90, "the first failed connection")
+        wait_for(lambda: "dependency_down_at_start" in events(log), 240, "the first failed connection")
         assert proc.poll() is None, log.read_text()[-3000:]
         broker.start()
-        kenv.setup()
         images = texture_pngs(4, 2, seed=21)
         upload_images(kenv, images)
         produce(kenv, refs_for(kenv, images))
