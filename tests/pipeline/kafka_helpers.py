@@ -141,6 +141,14 @@ def stored_records(env: KafkaEnv) -> dict[str, Any]:
     return out
 
 
+def assert_each_image_scored_once(env: KafkaEnv, names) -> None:
+    """Every image of ``names`` has its record (ids ``img/<name>``), and each flagged one exactly one alert."""
+    records = stored_records(env)
+    assert sorted(records) == sorted(f"img/{name}" for name in names)
+    flagged = sorted(i for i, r in records.items() if r.is_anomaly)
+    assert sorted(alert_ids(env)) == flagged, "an alert was lost or raised twice"
+
+
 def alert_ids(env: KafkaEnv) -> list[str]:
     return [fields[b"image_id"].decode() for _, fields in env.redis().xrange(f"{env.prefix}:alerts")]
 
