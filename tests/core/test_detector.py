@@ -75,6 +75,19 @@ def test_any_input_size_and_mode(detector, test_images):
     assert np.isfinite(result.pred_score).all()
 
 
+def test_prepared_arrays_score_exactly_like_images(detector, test_images):
+    """The worker prepares uint8 arrays in its fetch threads; the model must give the same result."""
+    from worker.core.images import model_input
+    good, bad, _ = test_images
+    images = [good[0].resize((100, 70)), bad[0]]
+    from_images = detector.predict(images)
+    from_arrays = detector.predict([model_input(image, detector.image_size) for image in images])
+    np.testing.assert_array_equal(from_images.pred_score, from_arrays.pred_score)
+    np.testing.assert_array_equal(from_images.anomaly_map, from_arrays.anomaly_map)
+    with pytest.raises(ValueError, match="uint8 array"):
+        detector.predict([np.zeros((8, 8, 3), dtype=np.uint8)])
+
+
 def test_steps_change_the_evaluation_count(detector, test_images):
     good, _, _ = test_images
     calls = []

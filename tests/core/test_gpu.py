@@ -34,3 +34,13 @@ def test_cuda_training_step(texture_category, tmp_path):
     assert summary["device"].startswith("cuda") and np.isfinite(summary["final_loss"])
     assert Detector.from_pretrained(tmp_path / "gpu", "cuda").device.type == "cuda"
     assert torch.cuda.max_memory_allocated() > 0
+
+
+def test_cuda_prepared_arrays_match_images(tiny_bundle):
+    """Pinned uint8 arrays copied to the device and normalised there score like PIL images."""
+    from worker.core.images import model_input
+    gpu = Detector.from_pretrained(tiny_bundle, "cuda")
+    good, _ = make_texture_images(4, seed=203)
+    assert gpu.to_pixels(good).is_pinned()
+    arrays = [model_input(image, gpu.image_size) for image in good]
+    np.testing.assert_allclose(gpu.predict(good).pred_score, gpu.predict(arrays).pred_score, rtol=1e-5, atol=1e-5)

@@ -123,3 +123,42 @@ def test_sigkill_one_of_three_workers_loses_nothing(kafka_bootstrap, redis_url, 
             if proc.poll() is None:
                 proc.kill()
     assert_each_image_scored_once(kenv, images)
+
+
+def test_sigkill_with_three_batches_in_flight_commits_nothing_early(kafka_bootstrap, redis_url, s3_settings,
+                                                                     tiny_bundle, tmp_path):
+    """The overlapped loop holds several batches at once (one scoring, the next fetched, an older one
+    writing). Killed while three are in flight, it must have committed only what its sinks hold, and
+    a replacement worker must finish the rest: nothing lost, no second alert."""
+    kenv = KafkaEnv(kafka_bootstrap, redis_url, s3_settings, partitions=2, models=str(tiny_bundle)).setup()
+    images = texture_pngs(30, 10, seed=5)
+    upload_images(kenv, images)
+    produce(kenv, refs_for(kenv, images, lines=4))
+    log_path = tmp_path / "killed.log"
+    proc = start_worker_process(kenv, log_path, INVAD_TEST_PREDICT_DELAY_S="0.5", INVAD_BATCH_SIZE="4",
+                                INVAD_MAX_IN_FLIGHT="3", INVAD_LOG_LEVEL="debug", INVAD_WORKER_ID="killed")
+    try:
+        wait_for(lambda: '"in_flight": 3' in log_path.read_text(errors="replace"), 120, "three batches in flight",
+                 interval_s=0.05)
+        proc.kill()  # SIGKILL: no drain, no commit, no leave-group
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    committed, _ = offsets(kenv)
+    records = stored_records(kenv)
+    assert len(records) < len(images), "the kill landed after the work was done; the test proves nothing"
+    for partition, upto in committed.items():
+        held = {r.source["offset"] for r in records.values() if r.source["partition"] == partition}
+        missing = [offset for offset in range(upto or 0) if offset not in held]
+        assert not missing, f"partition {partition}: offsets {missing} committed before their records were written"
+    replacement = start_worker_process(kenv, tmp_path / "replacement.log", INVAD_WORKER_ID="replacement")
+    try:
+        wait_for(lambda: len(stored_records(kenv)) == len(images) and all_committed(kenv), 180,
+                 "every image scored by the replacement")
+        replacement.send_signal(signal.SIGTERM)
+        assert replacement.wait(timeout=60) == 0
+    finally:
+        if replacement.poll() is None:
+            replacement.kill()
+    assert_each_image_scored_once(kenv, images)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pytest
 
 from helpers import InstrumentedDetector, write_images
@@ -107,12 +108,12 @@ def test_thousands_of_hostile_values_end_as_scores_or_dead_letters(registry, tmp
     assert stats.dead_lettered["image_invalid"] >= 4
 
 
-class FailsOnWideImages(InstrumentedDetector):
-    """The real detector, but scoring raises for any batch holding an image wider than it is tall: a
-    stand-in for a model bug that only some inputs trigger."""
+class FailsOnFlatImages(InstrumentedDetector):
+    """The real detector, but scoring raises for any batch holding a flat grey image (the worker hands
+    the model prepared arrays): a stand-in for a model bug that only some inputs trigger."""
 
     def predict(self, images, classes=None):
-        if any(image.width > image.height for image in images):
+        if any(np.ptp(np.asarray(image)) == 0 for image in images):
             raise RuntimeError("shape mismatch in a layer")
         return self.detector.predict(images, classes)
 
@@ -121,10 +122,10 @@ def test_an_exception_while_scoring_one_image_dead_letters_that_image_only(regis
     from PIL import Image
     folder = tmp_path / "images"
     write_images(folder, 5, 0)
-    Image.new("RGB", (200, 100), (90, 90, 90)).save(folder / "wide.png")
+    Image.new("RGB", (200, 100), (90, 90, 90)).save(folder / "wide.png")  # flat
     uris = sorted(p.as_uri() for p in folder.glob("*.png"))
     values = [json.dumps(ref(uri, f"L1/{Path(uri).stem}")).encode() for uri in uris]
-    detector = FailsOnWideImages(registry.route("default").detector)
+    detector = FailsOnFlatImages(registry.route("default").detector)
     source, stats = run_values(values, ModelRegistry({"*": detector}), tmp_path, tmp_path / "one.sqlite")
     assert source.committed == len(values)
     assert stats.scored == 5 and stats.dead_lettered == Counter({"processing_failed": 1})

@@ -20,6 +20,8 @@ from .report import percentiles
 NULL_MODELS = "null-detector"  # INVAD_MODELS of null-detector workers: the config requires one; never loaded
 # Goals of the plumbing ceiling (issue 9): images/s of one worker at these flagged fractions.
 CEILING_GOALS = {0.0: 1000.0, 0.1: 300.0}
+# Goal of the pipeline with the real detector (issue 9): this fraction of the detector alone's rate.
+PIPELINE_GOAL = 0.95
 
 
 def detector_alone(detector: Any, encoded: Sequence[bytes], batch_size: int,
@@ -76,7 +78,12 @@ def detector_rows(bench: Any, args: Any, rows: list[dict]) -> tuple[list[dict], 
     invad = ["--detector", "invad"]
     cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
     pinned = len(cpus) == 2
-    rows.append(bench.scenario("pipeline, 1 worker", "p1", args.images, [invad], single_core=False))
+    # The pipeline row is the median of --repeats runs, like the detector-alone row it is compared with.
+    runs = [bench.scenario("pipeline, 1 worker", f"p1r{k}", args.images, [invad], single_core=False)
+            for k in range(max(1, args.repeats))]
+    rates = [run["images_per_second"] for run in runs]
+    median = sorted(runs, key=lambda run: run["images_per_second"])[len(runs) // 2]
+    rows.append({**median, "runs_images_per_second": rates})
     scaling = args.workers_scaling == "on"
     if scaling:
         one = [[*invad, "--cpu", str(cpus[0])]] if pinned else [invad]
@@ -88,7 +95,7 @@ def detector_rows(bench: Any, args: Any, rows: list[dict]) -> tuple[list[dict], 
     rows.append(bench.scenario(f"1 worker, paced at {steady} images/s", "s1", max(2 * bench.config.batch_size, args.images // 2),
                                [invad], single_core=False, rate=steady))
     rows[1].update(ratio=rows[1]["images_per_second"] / rows[0]["images_per_second"], ratio_of="detector alone")
-    goals = {"pipeline_vs_detector": round(rows[1]["ratio"], 3), "pipeline_goal_met": rows[1]["ratio"] >= 0.9}
+    goals = {"pipeline_vs_detector": round(rows[1]["ratio"], 3), "pipeline_goal_met": rows[1]["ratio"] >= PIPELINE_GOAL}
     if scaling:
         rows[3].update(ratio=rows[3]["images_per_second"] / rows[2]["images_per_second"], ratio_of="1 worker, 1 core")
         goals.update(two_vs_one_worker=round(rows[3]["ratio"], 3), scaling_goal_met=rows[3]["ratio"] >= 1.8)

@@ -24,6 +24,7 @@ from .backbone import FeatureExtractor
 from .bundle import BundleError, load_bundle, restore_tensors, save_bundle
 from .config import DetectorConfig
 from .denoiser import FeatureDenoiser
+from .images import model_input
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
 from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
 
@@ -113,16 +114,30 @@ class Detector(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def to_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Resize RGB PIL images to (B, 3, S, S) floats in [0, 1] (on the CPU, pinned for CUDA)."""
+    def to_pixels(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+        """(B, 3, S, S) uint8 pixels of RGB images: PIL images (any size) are resized here, uint8 arrays
+        already made by :func:`~worker.core.images.model_input` at this bundle's size are used as they
+        are. Kept as uint8 (pinned for CUDA) so the copy to the device moves a quarter of the bytes;
+        :meth:`features` converts and normalises on the device."""
         size = self.config.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        arrays = []
+        for image in images:
+            if isinstance(image, np.ndarray):
+                if image.shape != (size, size, 3) or image.dtype != np.uint8:
+                    raise ValueError(f"a prepared image must be a ({size}, {size}, 3) uint8 array for this bundle, "
+                                     f"got {image.shape} {image.dtype}")
+                arrays.append(image)
+            else:
+                arrays.append(model_input(image, size))
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return pixels.pin_memory() if self.device.type == "cuda" else pixels
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Standardised backbone features x0 (B, C, g, g) of [0, 1] pixels (B, 3, S, S)."""
+        """Standardised backbone features x0 (B, C, g, g) of pixels (B, 3, S, S): uint8 in [0, 255] (as
+        :meth:`to_pixels` gives) or floats in [0, 1]."""
         pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float().div_(255.0)
         x = (pixels - self.pixel_mean) / self.pixel_std
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -189,31 +204,40 @@ class Detector(nn.Module):
 
     # -- the one call the worker makes ----------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: Sequence[Image.Image], classes: Sequence[str] | None = None) -> Prediction:
-        """Score a batch of RGB images (any size). Results do not depend on the batch's composition.
+    def predict(self, images: Sequence[Image.Image | np.ndarray], classes: Sequence[str] | None = None) -> Prediction:
+        """Score a batch of RGB images: PIL images of any size, or arrays already prepared by
+        :func:`~worker.core.images.model_input` at this bundle's size. Results do not depend on the
+        batch's composition. Stage timings are synchronised with the device, so they are true on CUDA.
 
         Raises:
-            ValueError: an unknown product class, or class names missing for a multi-class bundle.
+            ValueError: an unknown product class, class names missing for a multi-class bundle, or a
+                prepared array of the wrong shape.
         """
         if not images:
             raise ValueError("predict() needs at least one image")
         labels = self.class_indices(classes, len(images))
-        clock = time.perf_counter()
+        clock = self._clock()
         pixels = self.to_pixels(images)
-        t_pre = time.perf_counter()
+        t_pre = self._clock()
         x0 = self.features(pixels)
-        t_feat = time.perf_counter()
+        t_feat = self._clock()
         components, grid_map = self.score_features(x0, labels)
         scores = self.combine(components, labels)
-        t_inv = time.perf_counter()
+        t_inv = self._clock()
         pixel_map = upsample_map(grid_map, self.config.image_size, self.config.map_sigma)
         thresholds = self.thresholds[labels]
         pred_score, pred_label = scores.float().cpu().numpy(), (scores > thresholds).cpu().numpy()
         anomaly_map, threshold = pixel_map.float().cpu().numpy(), thresholds.float().cpu().numpy()
-        done = time.perf_counter()
+        done = time.perf_counter()  # .cpu() above already waited for the device
         timings = {"preprocess": 1e3 * (t_pre - clock), "backbone": 1e3 * (t_feat - t_pre),
                    "inversion": 1e3 * (t_inv - t_feat), "maps": 1e3 * (done - t_inv)}
         return Prediction(pred_score, pred_label, anomaly_map, threshold, timings)
+
+    def _clock(self) -> float:
+        """perf_counter after the device finished its queued work (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # -- bundles --------------------------------------------------------------------------------
     @classmethod

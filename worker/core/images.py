@@ -93,6 +93,16 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def model_input(image: Image.Image, size: int) -> np.ndarray:
+    """The detector's input for one RGB image: resized (bilinear) to a (size, size, 3) uint8 array.
+
+    The one resize rule of the project: the detector applies it to PIL images it is given, and the
+    streaming worker applies it in its fetch threads (PIL releases the GIL while resizing), so that
+    the model thread receives ready arrays.
+    """
+    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read and decode an image file; errors name the path."""
     path = Path(path)

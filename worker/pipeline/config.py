@@ -258,6 +258,8 @@ class WorkerConfig:
     device: str | None = setting(None, _DEVICE, "torch device", derived="auto")
     batch_size: int = setting(16, _int(1, 4096), "images per batch (= max.poll.records)")
     batch_wait_ms: int = setting(200, _int(0, 600_000), "longest wait to fill a batch (ms)")
+    max_in_flight: int = setting(2, _int(1, 8), "batches in flight at once: while one is scored, the next is fetched "
+                                 "and decoded and the previous one written (1: one stage at a time)")
     # -- fetching images --
     fetch_concurrency: int = setting(8, _int(1, 256), "parallel image fetches")
     fetch_timeout_s: float = setting(10.0, _float(0.1), "connect/read timeout of one image fetch (s)")

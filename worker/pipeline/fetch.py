@@ -16,15 +16,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 from PIL import Image
 
 from worker.common import s3client
-from worker.core.images import ImageDecodeError, decode_image
+from worker.core.images import ImageDecodeError, decode_image, model_input
 
 from . import s3
 from .errors import (FETCH_FAILED, IMAGE_INVALID, IMAGE_TOO_LARGE, OBJECT_MISSING, URI_NOT_ALLOWED, BadRecord,
@@ -53,12 +54,37 @@ def sniff_extension(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Fetched:
-    """One fetched and decoded image: the bytes as stored, the RGB image, and stage timings (ms)."""
+    """One fetched and decoded image: the bytes as stored, the RGB image, the model's input when a size
+    was asked for (a (size, size, 3) uint8 array, see :func:`worker.core.images.model_input`), and
+    stage timings (ms; ``decode_ms`` includes the resize)."""
     data: bytes
     image: Image.Image
     ext: str
     fetch_ms: float
     decode_ms: float
+    pixels: np.ndarray | None = None
+
+
+class PendingFetch:
+    """The fetches of one batch, running in the fetch pool; :meth:`result` waits for them all."""
+
+    def __init__(self, futures: list[Future]):
+        self.futures = futures
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
+
+    def result(self) -> list["Fetched | BadRecord"]:
+        """One outcome per URI, in order, once every fetch has finished.
+
+        Raises:
+            DependencyDown: when any fetch failed transiently.
+        """
+        outcomes = [future.result() for future in self.futures]
+        for outcome in outcomes:
+            if isinstance(outcome, DependencyDown):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
 
 def host_allowed(host_port: str, allow: Sequence[str]) -> bool:
@@ -111,22 +137,26 @@ class Fetcher:
                    file_roots=config.file_roots, https_allow=config.https_allow,
                    s3_allow_buckets=config.s3_allow_buckets, s3_client_factory=s3_factory)
 
-    def fetch_all(self, uris: Sequence[str]) -> list[Fetched | BadRecord]:
+    def submit(self, uris: Sequence[str], sizes: Sequence[int | None] | None = None) -> PendingFetch:
+        """Start fetching and decoding every URI in the pool and return at once. ``sizes[i]``, when
+        given, also prepares image ``i`` as the model's input at that size (in the pool thread)."""
+        sizes = list(sizes) if sizes is not None else [None] * len(uris)
+        if len(sizes) != len(uris):
+            raise ValueError(f"got {len(sizes)} sizes for {len(uris)} URIs")
+        return PendingFetch([self._pool.submit(self._fetch_one, uri, size) for uri, size in zip(uris, sizes)])
+
+    def fetch_all(self, uris: Sequence[str], sizes: Sequence[int | None] | None = None) -> list[Fetched | BadRecord]:
         """Fetch and decode every URI concurrently; result ``i`` belongs to ``uris[i]``.
 
         Raises:
             DependencyDown: when any fetch failed transiently (after every fetch has finished).
         """
-        outcomes = list(self._pool.map(self._fetch_one, uris))
-        for outcome in outcomes:
-            if isinstance(outcome, DependencyDown):
-                raise outcome
-        return outcomes  # type: ignore[return-value]
+        return self.submit(uris, sizes).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch_one(self, uri: str) -> Fetched | BadRecord | DependencyDown:
+    def _fetch_one(self, uri: str, size: int | None = None) -> Fetched | BadRecord | DependencyDown:
         started = time.perf_counter()
         try:
             scheme = uri.split(":", 1)[0].lower()
@@ -142,12 +172,13 @@ class Fetcher:
             fetched = time.perf_counter()
             try:
                 image = decode_image(data, max_pixels=self.max_pixels, name=uri)
+                pixels = model_input(image, size) if size is not None else None
             except ImageDecodeError as error:
                 raise BadRecord(error.reason, error.message) from error
             except Exception as error:  # noqa: BLE001 - a decoder bug on hostile bytes: this image only
                 raise BadRecord(IMAGE_INVALID, f"{uri}: decoder failed: {type(error).__name__}: {error}") from error
             return Fetched(data, image, sniff_extension(data), (fetched - started) * 1e3,
-                           (time.perf_counter() - fetched) * 1e3)
+                           (time.perf_counter() - fetched) * 1e3, pixels)
         except (BadRecord, DependencyDown) as outcome:
             return outcome
 

@@ -141,7 +141,6 @@ class KafkaSource:
     # -- polling --------------------------------------------------------------------------------
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
         """Up to ``max_records`` messages, waiting at most ``max_wait_s`` to fill the batch."""
-        self._revoked.clear()  # revocations before this batch concern batches already finished
         deadline = time.monotonic() + max_wait_s
         batch: list[Message] = []
         while len(batch) < max_records:
@@ -151,7 +150,9 @@ class KafkaSource:
                 batch.extend(Message(r.value, r.key, tp.topic, tp.partition, r.offset) for r in items)
             if left <= 0:
                 break
-        if self._revoked:  # a rebalance happened mid-fill: the new owner starts from the last commit
+        # A rebalance happened mid-fill: the new owner starts from the last commit. The set stays for
+        # the loop's take_revoked(), which also trims the batches still in flight.
+        if self._revoked:
             self.give_back([m for m in batch if m.tp in self._revoked])
             batch = [m for m in batch if m.tp not in self._revoked]
         self._watch_membership()

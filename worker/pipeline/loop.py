@@ -4,17 +4,27 @@ Per batch, stages run in order and remember what they finished, so a retry after
 failure resumes at the failed stage with the same batch:
 
 1. decode messages into ImageRefs and route each product to a model (bad record -> dead letter);
-2. fetch and decode the images concurrently (permanent failure -> dead letter; transient -> retry);
-3. score each (detector, class) group and build ScoreRecords and overlays;
-4. every sink writes, then every sink flushes;
+2. fetch, decode and resize the images in the fetch pool (permanent failure -> dead letter;
+   transient -> retry);
+3. score each (detector, class) group and build ScoreRecords;
+4. render overlays, then every sink writes, then every sink flushes;
 5. dead letters are sent and flushed;
 6. offsets are committed: last message + 1 per partition, nothing past the batch.
 
-Errors: BadRecord -> dead letter and continue; DependencyDown -> pause the source, back off with
-jitter (keeping the consumer alive), retry. Any other exception raised while handling ONE message
-(decoding it, scoring it, building its record) is that message's failure: it is dead-lettered as
-"processing_failed" with the exception named, so no message content can stop a worker. Exceptions
-outside per-message work (a sink, the source, the commit) are bugs and propagate uncommitted.
+Overlap: up to ``max_in_flight`` batches move through the stages at once. While batch N is scored
+on this thread, batch N+1 is polled, decoded and fetched (the fetch pool) and batch N-1's overlays
+and sinks are written (one writer thread, so batches are written in order). Only this thread
+touches the source; it also sends a batch's dead letters, just before its commit. Commits stay in
+batch order, each after its batch's sinks and dead letters flushed: the delivery guarantee is the
+serial loop's.
+
+Errors: BadRecord -> dead letter and continue; DependencyDown -> every running stage is let finish,
+the source is paused, and the batches in flight are finished one at a time, in order, each retried
+with capped exponential backoff and jitter (keeping the consumer alive) until its dependency is
+back. Any other exception raised while handling ONE message (decoding it, scoring it, building its
+record or overlay) is that message's failure: it is dead-lettered as "processing_failed" with the
+exception named, so no message content can stop a worker. Exceptions outside per-message work (a
+sink, the source, the commit) are bugs and propagate with the batches in flight uncommitted.
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -90,6 +102,7 @@ class Item:
     fetched: Any = None
     bad: BadRecord | None = None
     scored: ScoredImage | None = None
+    overlay_input: Any = None  # (image, anomaly map) of a flagged image until its overlay is rendered
 
 
 @dataclass
@@ -97,6 +110,9 @@ class BatchWork:
     items: list[Item]
     done: set[str] = field(default_factory=set)  # names of finished stages
     started: float = field(default_factory=time.perf_counter)
+    fetching: Any = None  # the fetch stage running in the pool (a PendingFetch) and the items it serves
+    fetch_items: list[Item] = field(default_factory=list)
+    writing: Future | None = None  # the sink and dead-letter stages running in the writer thread
 
 
 @dataclass
@@ -124,51 +140,189 @@ class Loop:
         self._stop_seen_at: float | None = None
         self._touched: dict[str, float] = {}
         self._health = Path(config.health_dir) if getattr(config, "health_dir", "") else None
+        self._max_in_flight = max(1, int(getattr(config, "max_in_flight", 1)))
+        self._inflight: deque[BatchWork] = deque()  # oldest first; committed strictly in this order
+        self._writer: ThreadPoolExecutor | None = None
+        self._source_done = False
 
     # -- driving --------------------------------------------------------------------------------
     def run(self) -> LoopStats:
-        """Process batches until ``stop`` is set (the batch in flight finishes) or the source is
+        """Process batches until ``stop`` is set (the batches in flight finish) or the source is
         exhausted. Returns the stats; ``stats.abandoned`` is True when a drain gave up on a batch.
-        Bugs propagate with nothing committed for the batch in flight."""
-        while not self.stop.is_set():
-            self.touch("alive")
-            batch = self.source.poll_batch(self.config.batch_size, self.config.batch_wait_ms / 1000.0)
-            if self.source.healthy():
-                self.touch("ready")
-            else:
-                self.untouch("ready")
-            if not batch:
-                if self.source.exhausted:
-                    break
-                continue
-            try:
-                self.process(batch)
-            except Abandoned:
-                self.stats.abandoned = True
-                break
+        Bugs propagate with nothing committed for the batches in flight."""
+        try:
+            while True:
+                self.touch("alive")
+                if self._step():
+                    continue
+                if self._may_poll() and self._poll():
+                    continue
+                if not self._inflight:
+                    if self.stop.is_set() or self._source_done:
+                        break
+                    continue
+                self._wait_for_any(max(0.01, self.config.batch_wait_ms / 1000.0))
+                self.source.keepalive_if_due()
+                self._drop_revoked()
+        except Abandoned:
+            self.stats.abandoned = True
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
         return self.stats
 
-    def process(self, batch: Sequence[Message]) -> None:
-        """Run one batch to commit, retrying dependency failures with capped exponential backoff."""
+    def _may_poll(self) -> bool:
+        return not self.stop.is_set() and not self._source_done and len(self._inflight) < self._max_in_flight
+
+    def _poll(self) -> bool:
+        """Poll one batch and start it (decode, then fetch in the pool); True when one came. With
+        batches in flight the poll does not wait: they are what this thread should attend to."""
+        wait_s = 0.0 if self._inflight else self.config.batch_wait_ms / 1000.0
+        batch = self.source.poll_batch(self.config.batch_size, wait_s)
+        if self.source.healthy():
+            self.touch("ready")
+        else:
+            self.untouch("ready")
+        self._drop_revoked()
+        if not batch:
+            self._source_done = bool(self.source.exhausted)
+            return False
         work = BatchWork([Item(message) for message in batch])
+        self._inflight.append(work)
+        log.debug("batch_started", size=len(batch), in_flight=len(self._inflight))
+        try:
+            self._stage_decode(work)
+            work.done.add("decode")
+            self._start_fetch(work)
+        except DependencyDown as error:
+            self._recover(work, error)
+        return True
+
+    def _step(self) -> bool:
+        """Do the one most useful thing that is ready; False when everything waits on a thread."""
+        current: BatchWork | None = None
+        try:
+            head = self._inflight[0] if self._inflight else None
+            if head is not None and head.writing is not None and head.writing.done():
+                current = head
+                self._finish_write(head)
+                # Dead letters here, not in the writer: after the revocations seen so far were
+                # trimmed, so a moved partition's bad message is not dead-lettered by two owners
+                # (the DLQ, unlike Redis and S3, is not idempotent).
+                for stage in ("dead_letters", "commit"):
+                    if stage not in head.done:
+                        getattr(self, f"_stage_{stage}")(head)
+                        head.done.add(stage)
+                self._inflight.popleft()
+                return True
+            for work in self._inflight:
+                current = work
+                if work.fetching is not None and work.fetching.done():
+                    self._finish_fetch(work)
+                if "fetch" in work.done and "score" not in work.done:
+                    self._stage_score(work)
+                    work.done.add("score")
+                    self._start_write(work)
+                    self.source.keepalive_if_due()
+                    self._drop_revoked()
+                    return True
+                if "score" not in work.done:
+                    return False  # score in batch order: the oldest unscored batch is still fetching
+            return False
+        except DependencyDown as error:
+            assert current is not None
+            self._recover(current, error)
+            return True
+
+    def _start_fetch(self, work: BatchWork) -> None:
+        live = [item for item in work.items if item.bad is None]
+        work.fetch_items = live
+        work.fetching = self.fetcher.submit([item.ref.uri for item in live], [_input_size(item) for item in live])
+
+    def _finish_fetch(self, work: BatchWork) -> None:
+        pending, work.fetching = work.fetching, None
+        self._apply_fetched(work.fetch_items, pending.result())
+        work.done.add("fetch")
+
+    def _start_write(self, work: BatchWork) -> None:
+        if self._max_in_flight == 1:  # nothing to overlap with: write on this thread
+            self._stage_sinks(work)
+            work.writing = _done_future()  # marked written only once it succeeded
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invad-sinks")
+        work.writing = self._writer.submit(self._stage_sinks, work)
+
+    def _finish_write(self, work: BatchWork) -> None:
+        writing, work.writing = work.writing, None
+        writing.result()  # DependencyDown (retried) or a bug (propagates)
+        work.done.add("sinks")
+
+    def _wait_for_any(self, timeout: float) -> None:
+        """Block until a fetch or a write of a batch in flight finishes, or ``timeout`` seconds."""
+        futures: list[Future] = []
+        for work in self._inflight:
+            if work.writing is not None:
+                futures.append(work.writing)
+            if work.fetching is not None:
+                futures.extend(work.fetching.futures)
+        if futures:
+            wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def _settle(self) -> None:
+        """Let every running fetch and write finish, keeping what succeeded (before serial retries)."""
+        for work in self._inflight:
+            for finish, running in ((self._finish_fetch, work.fetching), (self._finish_write, work.writing)):
+                if running is None:
+                    continue
+                try:
+                    finish(work)
+                except DependencyDown:
+                    pass  # that stage is not done; the serial retry runs it again
+
+    def _recover(self, failed: BatchWork, error: DependencyDown) -> None:
+        """A dependency failed while ``failed`` was in a stage: finish every batch in flight one at a
+        time, in order, each retried with backoff until done. ``failed``'s first retry waits first."""
+        self._settle()
+        while self._inflight:
+            work = self._inflight[0]
+            self._run_serially(work, error if work is failed else None)
+            self._inflight.popleft()
+
+    def process(self, batch: Sequence[Message]) -> None:
+        """Run one batch to commit on this thread, retrying dependency failures with capped
+        exponential backoff (the loop's recovery path; also what tests drive directly)."""
+        work = BatchWork([Item(message) for message in batch])
+        self._inflight.append(work)
+        try:
+            self._run_serially(work)
+        finally:
+            if self._inflight and self._inflight[0] is work:
+                self._inflight.popleft()
+
+    def _run_serially(self, work: BatchWork, failed: DependencyDown | None = None) -> None:
         attempt = 0
         while True:
-            try:
-                self._advance(work)
-                if attempt:
-                    self.source.resume()
-                    log.info("dependency_recovered", attempts=attempt)
-                return
-            except DependencyDown as error:
+            if failed is not None:
                 attempt += 1
                 self.stats.retries += 1
                 self.source.pause()
                 delay = self._backoff(attempt)
-                log.warning("dependency_down", dependency=error.dependency, error=error.message, attempt=attempt,
+                log.warning("dependency_down", dependency=failed.dependency, error=failed.message, attempt=attempt,
                             retry_in_s=round(delay, 2), stage=self._next_stage(work),
-                            partitions=sorted({f"{m.topic}:{m.partition}" for m in batch}))
+                            partitions=sorted({f"{i.message.topic}:{i.message.partition}" for i in work.items}))
                 self._wait(delay)
-                self._drop_revoked(work)
+                self._drop_revoked()
+            try:
+                self._advance(work)
+            except DependencyDown as error:
+                failed = error
+                continue
+            if attempt:
+                self.source.resume()
+                log.info("dependency_recovered", attempts=attempt)
+            return
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(attempt, self.config.backoff_max_s)
@@ -191,15 +345,20 @@ class Loop:
                 return
             time.sleep(min(left, 0.5))
 
-    def _drop_revoked(self, work: BatchWork) -> None:
-        # Partitions moved to another worker during the wait: that worker restarts from the last
-        # commit, so our copies of those messages must neither be written again nor committed.
+    def _drop_revoked(self) -> None:
+        # Partitions moved to another worker: that worker restarts from the last commit, so our
+        # copies of those messages, in every batch in flight, must neither be written again nor
+        # committed. (A write already running may still land: writes are idempotent by image id.)
         revoked = self.source.take_revoked()
-        if revoked:
-            before = len(work.items)
-            self.source.give_back([item.message for item in work.items if item.message.tp in revoked])
+        if not revoked:
+            return
+        dropped: list[Message] = []
+        for work in self._inflight:
+            dropped.extend(item.message for item in work.items if item.message.tp in revoked)
             work.items = [item for item in work.items if item.message.tp not in revoked]
-            log.info("batch_trimmed_after_revoke", dropped=before - len(work.items), revoked=sorted(map(str, revoked)))
+        if dropped:
+            self.source.give_back(dropped)
+            log.info("batch_trimmed_after_revoke", dropped=len(dropped), revoked=sorted(map(str, revoked)))
 
     # -- stages ---------------------------------------------------------------------------------
     _STAGES = ("decode", "fetch", "score", "sinks", "dead_letters", "commit")
@@ -213,7 +372,7 @@ class Loop:
                 getattr(self, f"_stage_{stage}")(work)
                 work.done.add(stage)
                 self.source.keepalive_if_due()
-                self._drop_revoked(work)
+                self._drop_revoked()
 
     def _stage_decode(self, work: BatchWork) -> None:
         for item in work.items:
@@ -231,8 +390,12 @@ class Loop:
 
     def _stage_fetch(self, work: BatchWork) -> None:
         live = [item for item in work.items if item.bad is None]
-        outcomes = self.fetcher.fetch_all([item.ref.uri for item in live])
-        for item, outcome in zip(live, outcomes):
+        self._apply_fetched(live, self.fetcher.fetch_all([item.ref.uri for item in live],
+                                                         [_input_size(item) for item in live]))
+
+    @staticmethod
+    def _apply_fetched(items: list[Item], outcomes: list[Any]) -> None:
+        for item, outcome in zip(items, outcomes):
             if isinstance(outcome, BadRecord):
                 item.bad = outcome
             else:
@@ -268,7 +431,8 @@ class Loop:
         route = items[0].route
         started = time.perf_counter()
         classes = None if route.cls is None else [route.cls] * len(items)
-        prediction = route.detector.predict([item.fetched.image for item in items], classes)
+        inputs = [item.fetched.pixels if item.fetched.pixels is not None else item.fetched.image for item in items]
+        prediction = route.detector.predict(inputs, classes)
         infer_ms = (time.perf_counter() - started) * 1e3
         # A threshold per image (class-conditional bundles) or one for the whole batch.
         thresholds = np.broadcast_to(np.asarray(prediction.threshold, dtype=np.float64).reshape(-1), (len(items),))
@@ -304,11 +468,18 @@ class Loop:
             model_version=str(getattr(detector, "version", "unknown")), map_stats=map_stats, artefacts=artefacts, timings_ms=timings,
             worker_id=self.config.worker_id, source=item.message.source_dict(), attributes=ref.attributes)
         record.to_json()  # serialise once here: a record that cannot be encoded fails its message, not a sink
-        overlay = overlay_png(fetched.image, anomaly_map) if flagged else None
-        return ScoredImage(record=record, original=fetched.data if flagged else None, original_ext=fetched.ext,
-                           overlay=overlay)
+        if flagged:  # rendered by the sink stage, off the model's thread
+            item.overlay_input = (fetched.image, anomaly_map)
+        return ScoredImage(record=record, original=fetched.data if flagged else None, original_ext=fetched.ext)
 
     def _stage_sinks(self, work: BatchWork) -> None:
+        for item in work.items:
+            if item.overlay_input is not None and item.scored is not None:
+                try:
+                    item.scored = replace(item.scored, overlay=overlay_png(*item.overlay_input))
+                except Exception as error:  # noqa: BLE001 - one image's failure, never the worker's
+                    item.bad, item.scored = _processing_failed("overlay", item, error), None
+                item.overlay_input = None
         scored = [item.scored for item in work.items if item.scored is not None]
         if scored:
             for sink in self.sinks:
@@ -383,6 +554,19 @@ class Loop:
                 os.unlink(self._health / name)
             except OSError:
                 pass
+
+
+def _input_size(item: Item) -> int | None:
+    """The side of the square input the item's model takes (its fetch prepares the pixels at it)."""
+    config = getattr(item.route.detector, "config", None)
+    size = getattr(config, "image_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _done_future() -> Future:
+    future: Future = Future()
+    future.set_result(None)
+    return future
 
 
 def _processing_failed(stage: str, item: Item, error: BaseException) -> BadRecord:
