@@ -31,7 +31,8 @@ def test_ensure_creates_both_topics_once_from_the_workers_variables(topics, caps
     monkeypatch.setenv("INVAD_TOPIC", topic)
     code, out, _ = _run(capsys, "ensure", "--partitions", "3", "--dlq-partitions", "2")
     assert code == 0
-    assert out.splitlines() == [f"topic {topic} created with 3 partition(s)", f"topic {dlq} created with 2 partition(s)"]
+    assert out.splitlines() == [f"topic {topic} created with 3 partition(s)",
+                                f"topic {dlq} created with 2 partition(s)"]
     assert describe_topic(bootstrap, topic) == 3 and describe_topic(bootstrap, dlq) == 2
     code, out, _ = _run(capsys, "ensure", "--partitions", "2")  # fewer than exist: fine, left alone
     assert code == 0 and f"topic {topic} found with 3 partition(s)" in out
