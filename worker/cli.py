@@ -1,4 +1,4 @@
-"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, work (pipeline).
+"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, topics, work (pipeline).
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
 names it and how to fix it. torch is imported only inside the subcommands that need it.
@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="publish image references to Kafka")
     produce_cli.add_arguments(produce)
     produce.set_defaults(run=produce_cli.run)
+    from producers import topics as topics_cli
+
+    topics = sub.add_parser("topics", help="create the images and dead-letter topics, or show them")
+    topics_cli.add_arguments(topics)
+    topics.set_defaults(run=topics_cli.run)
     from .pipeline import cli as work_cli
 
     work = sub.add_parser("work", help="run the streaming worker (Kafka, or embedded with --source)")
