@@ -36,6 +36,7 @@ from worker.core.overlay import overlay_png
 
 from .backoff import backoff_delay
 from .errors import PROCESSING_FAILED, BadRecord, DependencyDown
+from .metrics import NoMetrics
 from .sinks import ScoredImage, artefact_store
 
 log = structlog.get_logger("invad.pipeline.loop")
@@ -114,10 +115,11 @@ class Loop:
     """Runs batches from ``source`` through the stages until stopped or the source is exhausted."""
 
     def __init__(self, *, source: Source, fetcher: Any, registry: Any, sinks: Sequence[Any], dead_letters: Any,
-                 config: Any, stop: threading.Event | None = None, keep_scores: int = 0):
+                 config: Any, stop: threading.Event | None = None, keep_scores: int = 0, metrics: Any = None):
         self.source, self.fetcher, self.registry = source, fetcher, registry
         self.sinks, self.dead_letters, self.config = list(sinks), dead_letters, config
         self.stop = stop or threading.Event()
+        self.metrics = metrics or NoMetrics()  # hooks: worker/pipeline/metrics.py
         self.stats = LoopStats()
         self._keep_scores = keep_scores
         self._store = artefact_store(self.sinks)
@@ -132,8 +134,11 @@ class Loop:
         Bugs propagate with nothing committed for the batch in flight."""
         while not self.stop.is_set():
             self.touch("alive")
+            self.metrics.alive()
             batch = self.source.poll_batch(self.config.batch_size, self.config.batch_wait_ms / 1000.0)
-            if self.source.healthy():
+            ready = self.source.healthy()
+            self.metrics.source_ready(ready)
+            if ready:
                 self.touch("ready")
             else:
                 self.untouch("ready")
@@ -141,6 +146,7 @@ class Loop:
                 if self.source.exhausted:
                     break
                 continue
+            self.metrics.batch_polled(len(batch))
             try:
                 self.process(batch)
             except Abandoned:
@@ -151,15 +157,20 @@ class Loop:
     def process(self, batch: Sequence[Message]) -> None:
         """Run one batch to commit, retrying dependency failures with capped exponential backoff."""
         work = BatchWork([Item(message) for message in batch])
-        attempt = 0
+        attempt, down = 0, None
         while True:
             try:
                 self._advance(work)
                 if attempt:
                     self.source.resume()
+                    self.metrics.dependency_up(down)
                     log.info("dependency_recovered", attempts=attempt)
                 return
             except DependencyDown as error:
+                if down is not None and down != error.dependency:
+                    self.metrics.dependency_up(down)  # got past it: another one failed further on
+                down = error.dependency
+                self.metrics.dependency_down(down)
                 attempt += 1
                 self.stats.retries += 1
                 self.source.pause()
@@ -180,6 +191,7 @@ class Loop:
         while True:
             self.source.keepalive()
             self.touch("alive")
+            self.metrics.alive()
             if self.stop.is_set():
                 self._stop_seen_at = self._stop_seen_at or time.monotonic()
                 if time.monotonic() - self._stop_seen_at > self.config.drain_timeout_s:
@@ -210,7 +222,9 @@ class Loop:
     def _advance(self, work: BatchWork) -> None:
         for stage in self._STAGES:
             if stage not in work.done:
+                started = time.perf_counter()
                 getattr(self, f"_stage_{stage}")(work)
+                self.metrics.stage_done(stage, time.perf_counter() - started)
                 work.done.add(stage)
                 self.source.keepalive_if_due()
                 self._drop_revoked(work)
@@ -339,17 +353,21 @@ class Loop:
             m = item.message
             if item.bad is not None:
                 self.stats.dead_lettered[item.bad.reason] += 1
+                self.metrics.dead_lettered(item.bad.reason, getattr(item.ref, "line_id", None),
+                                           getattr(item.ref, "product", None))
                 log.warning("dead_lettered", reason=item.bad.reason, error=item.bad.message, partition=m.partition,
                             offset=m.offset, image_id=getattr(item.ref, "image_id", None))
             elif item.scored is not None:
                 record = item.scored.record
                 self.stats.scored += 1
                 self.stats.flagged += int(record.is_anomaly)
+                self.metrics.scored(record.line_id, record.product, record.is_anomaly)
                 if len(self.stats.scores) < self._keep_scores:
                     self.stats.scores[record.image_id] = record.score
                 (log.info if record.is_anomaly else log.debug)(
                     "scored", image_id=record.image_id, partition=m.partition, offset=m.offset,
                     score=round(record.score, 4), is_anomaly=record.is_anomaly)
+        self.metrics.batch_committed(len(work.items))
         log.info("batch_committed", size=len(work.items), ms=round((time.perf_counter() - work.started) * 1e3, 1),
                  dead_lettered=sum(item.bad is not None for item in work.items),
                  offsets={f"{t}:{p}": o for (t, p), o in sorted(self._offsets(work).items())})
