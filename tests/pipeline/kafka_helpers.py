@@ -71,7 +71,8 @@ class KafkaEnv:
                "INVAD_MODELS": self.models or "registry-passed-in-process",
                "INVAD_BATCH_WAIT_MS": "200", "INVAD_SESSION_TIMEOUT_MS": "6000", "INVAD_HEARTBEAT_INTERVAL_MS": "2000",
                "INVAD_MAX_POLL_INTERVAL_MS": "20000", "INVAD_BACKOFF_MAX_S": "1", "INVAD_DRAIN_TIMEOUT_S": "10",
-               "INVAD_FETCH_TIMEOUT_S": "2", "INVAD_RECORD_TTL_S": "3600"}
+               "INVAD_FETCH_TIMEOUT_S": "2", "INVAD_RECORD_TTL_S": "3600",
+               "INVAD_METRICS_PORT": "0"}  # tests that scrape pick a free port themselves
         env.update(overrides)
         return env
 

@@ -8,23 +8,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from kafka_helpers import (REPO, KafkaEnv, all_committed, assert_each_image_scored_once, produce, refs_for,
                            start_worker_process, stored_records, texture_pngs, upload_images, wait_for)
 
 pytestmark = pytest.mark.services
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrivateBroker:

@@ -215,6 +215,7 @@ def _worker_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("INVAD_", "AWS_"))}
     return {**env, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": SECRETS["aws_key_id"],
             "AWS_SECRET_ACCESS_KEY": SECRETS["aws_secret"], "AWS_SESSION_TOKEN": SECRETS["aws_token"],
+            "INVAD_METRICS_PORT": "0",
             "INVAD_REDIS_URL": f"redis://ops:{SECRETS['redis_userinfo']}@redis.invalid:6379/0"
                                f"?password={SECRETS['redis_query']}", **extra}
 

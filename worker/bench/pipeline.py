@@ -94,6 +94,7 @@ class PipelineBench:
                    INVAD_SESSION_TIMEOUT_MS="30000", INVAD_HEARTBEAT_INTERVAL_MS="3000",
                    AWS_ACCESS_KEY_ID=c.aws_access_key_id or "", AWS_SECRET_ACCESS_KEY=c.aws_secret_access_key or "",
                    AWS_REGION=c.s3_region or "us-east-1",
+                   INVAD_METRICS_PORT="0",  # several workers on one machine: no HTTP server, no port to share
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         if c.s3_endpoint:
             env["INVAD_S3_ENDPOINT"] = c.s3_endpoint

@@ -28,8 +28,10 @@ from .config import WorkerConfig, add_config_arguments, parse_models
 from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown, Misconfigured
 from .fetch import Fetcher
+from .health_http import HealthServer
 from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
+from .metrics import NoMetrics, WorkerMetrics
 from .models import ModelRegistry
 from .redact import LogRedactor
 from .redis_sink import RedisSink
@@ -115,13 +117,23 @@ def run(args: argparse.Namespace) -> int:
     return run_kafka(config, stop)
 
 
-def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff_max_s: float) -> Any:
-    """Call ``make`` until it stops raising DependencyDown (or ``stop`` is set: returns None)."""
-    attempt = 0
+def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff_max_s: float,
+              metrics: NoMetrics = NoMetrics()) -> Any:
+    """Call ``make`` until it stops raising DependencyDown (or ``stop`` is set: returns None). Waiting
+    counts as alive for the health endpoints, and as the dependency's down time for the metrics."""
+    attempt, down = 0, None
     while not stop.is_set():
+        metrics.alive()
         try:
-            return make()
+            made = make()
+            if down is not None:
+                metrics.dependency_up(down)
+            return made
         except DependencyDown as error:
+            if down is not None and down != error.dependency:
+                metrics.dependency_up(down)
+            down = error.dependency
+            metrics.dependency_down(down)
             attempt += 1
             delay = backoff_delay(attempt, backoff_max_s)
             log.warning("dependency_down_at_start", dependency=error.dependency, what=what, error=error.message,
@@ -132,31 +144,41 @@ def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff
 
 def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
     """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
+    metrics = WorkerMetrics()
     registry = registry or ModelRegistry.load(config.models, config.device)
+    metrics.models_loaded(registry)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
     sinks = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
     fetcher = Fetcher.from_config(config)
     closers: list[Callable[[], None]] = [fetcher.close, redis_sink.close, s3_sink.close]
     try:
+        server = HealthServer.start(config, metrics, checks={"redis": redis_sink.ping, "s3": s3_sink.ping}, stop=stop)
+        if server is not None:
+            closers.insert(0, server.close)
+
+        def until_up(what: str, make: Callable[[], Any]) -> Any:
+            return _until_up(what, make, stop, config.backoff_max_s, metrics)
+
         # Each dependency is checked before the first message: an outage is waited out, a refusal of
         # our configuration (credentials, bucket, topic, permissions) exits at once with the fix.
-        if not _until_up("s3 bucket", lambda: s3_sink.check(config.worker_id) or True, stop, config.backoff_max_s):
+        if not until_up("s3 bucket", lambda: s3_sink.check(config.worker_id) or True):
             return 0
-        if not _until_up("redis", lambda: redis_sink.check() or True, stop, config.backoff_max_s):
+        if not until_up("redis", lambda: redis_sink.check() or True):
             return 0
-        dead_letters = _until_up("dlq producer", lambda: KafkaDeadLetters(config), stop, config.backoff_max_s)
+        dead_letters = until_up("dlq producer", lambda: KafkaDeadLetters(config))
         if dead_letters is None:
             return 0
         closers.insert(0, dead_letters.close)
-        source = _until_up("consumer", lambda: KafkaSource(config), stop, config.backoff_max_s)
+        source = until_up("consumer", lambda: KafkaSource(config))
         if source is None:
             return 0
         closers.insert(0, source.close)  # first: leave the group before the rest shuts down
-        if not _until_up("topics", lambda: source.check_topics() or True, stop, config.backoff_max_s):
+        metrics.watch_lag(source.lag)
+        if not until_up("topics", lambda: source.check_topics() or True):
             return 0
         loop = Loop(source=source, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,
-                    config=config, stop=stop)
+                    config=config, stop=stop, metrics=metrics)
         stats = loop.run()
         log.info("worker_stopped", batches=stats.batches, scored=stats.scored, flagged=stats.flagged,
                  dead_lettered=dict(stats.dead_lettered), retries=stats.retries, abandoned=stats.abandoned)
@@ -175,7 +197,8 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
 def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None, *, product: str = "default", line_id: str = "local",
                  progress_path: str | os.PathLike | None = None, config: WorkerConfig | None = None,
-                 stop: threading.Event | None = None, keep_scores: int = 100_000, **settings: Any) -> dict[str, Any]:
+                 stop: threading.Event | None = None, keep_scores: int = 100_000, metrics: Any = None,
+                 **settings: Any) -> dict[str, Any]:
     """Score ``source`` (image folder, ``.jsonl`` of ImageRefs, or "-" for stdin) with no services.
 
     Args:
@@ -188,6 +211,7 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
         progress_path: resume file (default ``<sqlite>.progress.json`` or ``<out>/progress.json``).
         config: a WorkerConfig in embedded mode; ``settings`` override its fields (batch_size, device,
             file_roots, ...).
+        metrics: the loop's hooks (a :class:`WorkerMetrics` to serve over HTTP; default: none).
 
     Returns:
         {"scored", "flagged", "dead_lettered": {reason: n}, "skipped", "batches", "seconds",
@@ -235,7 +259,7 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
     started = time.perf_counter()
     try:
         loop = Loop(source=src, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,
-                    config=config, stop=stop, keep_scores=keep_scores)
+                    config=config, stop=stop, keep_scores=keep_scores, metrics=metrics)
         stats = loop.run()
     finally:
         fetcher.close()
@@ -262,9 +286,21 @@ def run_embedded_cli(args: argparse.Namespace) -> int:
         print(f"invad work: {error}", file=sys.stderr)
         return 2
     stop = _start(config)
+    metrics = WorkerMetrics()
     registry = ModelRegistry.load(config.models, config.device)
-    summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product, line_id=args.line_id,
-                           progress_path=args.progress, config=config, stop=stop, keep_scores=0)
+    metrics.models_loaded(registry)
+    try:
+        server = HealthServer.start(config, metrics, stop=stop)
+    except Misconfigured as error:
+        print(f"invad work: {error}", file=sys.stderr)
+        return error.exit_code
+    try:
+        summary = run_embedded(args.source, registry, args.sqlite, args.out, product=args.product,
+                               line_id=args.line_id, progress_path=args.progress, config=config, stop=stop,
+                               keep_scores=0, metrics=metrics)
+    finally:
+        if server is not None:
+            server.close()
     summary.pop("scores", None)
     print(json.dumps(summary, indent=1))
     return 0

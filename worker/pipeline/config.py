@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -136,6 +137,18 @@ def _url(*schemes: str, bare: bool = False) -> Rule:
     return Rule(parse, f"{kinds} URL" + (" (no user, password or query)" if bare else ""))
 
 
+def _address(text: str) -> str:
+    text = str(text).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", text):
+        raise ValueError("must be an IP address (0.0.0.0: every interface, 127.0.0.1: this machine, ::: IPv6) "
+                         "or a host name")
+    return text.lower()
+
+
 def _bootstrap(text: str) -> tuple[str, ...]:
     servers = _list(text)
     for server in servers:
@@ -167,6 +180,7 @@ _ROOTS = Rule(_roots, "comma-separated absolute paths")
 _MODELS = Rule(parse_models, "bundle path, or product=path,...,*=path")
 _DEVICE = Rule(_device, "auto, cpu, cuda, cuda:N or mps")
 _BOOTSTRAP = Rule(_bootstrap, "comma-separated host:port")
+_ADDRESS = Rule(_address, "IP address or host name")
 
 
 def setting(default: Any, rule: Rule, help: str, *, env: tuple[str, ...] = (), flag: bool = True,
@@ -275,6 +289,12 @@ class WorkerConfig:
     drain_timeout_s: float = setting(60.0, _float(0), "after SIGTERM, how long to keep retrying a down "
                                      "dependency (s)")
     health_dir: str = setting("", _TEXT, "folder for the 'ready' and 'alive' probe files (empty: none)")
+    metrics_port: int = setting(None, _int(0, 65535), "port of the HTTP server for /metrics, /healthz and /readyz "
+                                "(0: no server)", derived="9400 in kafka mode, 0 in embedded mode")
+    metrics_bind: str = setting("0.0.0.0", _ADDRESS, "address that server listens on (127.0.0.1: this machine only)")
+    health_stale_s: float = setting(None, _float(1), "/healthz fails once the loop has not turned for this long (s)",
+                                    derived="max.poll.interval.ms in seconds")
+    ready_check_s: float = setting(5.0, _float(0.5), "/readyz checks that Redis and S3 answer at most this often (s)")
     log_level: str = setting("info", _LEVEL, "log level")
 
     def __post_init__(self) -> None:
@@ -282,7 +302,9 @@ class WorkerConfig:
         and normal forms as variables), then the checks that involve several settings."""
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-        derived = {"dlq_topic": lambda: f"{self.topic}.dlq", "worker_id": default_worker_id}
+        derived = {"dlq_topic": lambda: f"{self.topic}.dlq", "worker_id": default_worker_id,
+                   "metrics_port": lambda: 9400 if self.mode == "kafka" else 0,
+                   "health_stale_s": lambda: self.max_poll_interval_ms / 1000}
         for option in OPTIONS:
             value = getattr(self, option.name)
             if value is None and option.name in derived:

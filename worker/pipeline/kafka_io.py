@@ -26,6 +26,8 @@ log = structlog.get_logger("invad.pipeline.kafka")
 # to someone else now, who restarts from the last commit. Not a dependency failure: don't retry.
 _OWNERSHIP_LOST = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError, kerrors.IllegalGenerationError,
                    kerrors.UnknownMemberIdError, kerrors.FencedInstanceIdError)
+# How often the consumer lag (end offset - position per assigned partition) is asked of the broker.
+LAG_REFRESH_S = 5.0
 # A record the broker (or our producer's max_request_size) refuses for its size: never retried as is.
 _TOO_LARGE = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError)
 
@@ -115,6 +117,8 @@ class KafkaSource:
         # at most max.poll.interval.ms for slow members) rejoins from scratch instead of idling.
         self._rejoin_after_s = 2 * config.max_poll_interval_ms / 1000 + config.session_timeout_ms / 1000
         self._unstable_since: float | None = None
+        self._lag: dict[tuple[str, int], int] = {}
+        self._lag_at = float("-inf")
         self._consumer.subscribe([config.topic], listener=_Listener(self))
 
     def check_topics(self) -> None:
@@ -200,7 +204,32 @@ class KafkaSource:
                 return {}
             raise
         self._last_poll = time.monotonic()
+        self._refresh_lag()
         return records
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """``{(topic, partition): messages not yet polled}`` for the assigned partitions, as of the last
+        refresh (at most LAG_REFRESH_S old while polling). Safe to call from any thread: a cached copy."""
+        return dict(self._lag)
+
+    def _refresh_lag(self) -> None:
+        """Ask the broker for the end offsets (one request, at most every LAG_REFRESH_S, also while
+        paused, when the lag keeps growing); a failure keeps the last values, it never fails a poll."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_REFRESH_S:
+            return
+        self._lag_at = now
+        try:
+            assigned = list(self._consumer.assignment())
+            ends = self._consumer.end_offsets(assigned, timeout_ms=2_000) if assigned else {}
+            lag = {}
+            for tp, end in ends.items():
+                position = self._consumer.position(tp, timeout_ms=1_000)
+                if end is not None and position is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, end - position)
+            self._lag = lag
+        except Exception as error:  # noqa: BLE001 - a metric, never a reason to fail the loop
+            log.debug("lag_refresh_failed", error=repr(error))
 
     def keepalive(self) -> None:
         """``poll(0)`` with the partitions paused: heartbeats and rebalances proceed, nothing is consumed."""

@@ -48,6 +48,7 @@ from worker.core.overlay import overlay_png
 
 from .backoff import backoff_delay
 from .errors import PROCESSING_FAILED, BadRecord, DependencyDown
+from .metrics import NoMetrics
 from .sinks import ScoredImage, artefact_store
 
 log = structlog.get_logger("invad.pipeline.loop")
@@ -112,6 +113,7 @@ class BatchWork:
     started: float = field(default_factory=time.perf_counter)
     fetching: Any = None  # the fetch stage running in the pool (a PendingFetch) and the items it serves
     fetch_items: list[Item] = field(default_factory=list)
+    fetch_started: float = 0.0
     writing: Future | None = None  # the sink and dead-letter stages running in the writer thread
 
 
@@ -130,10 +132,11 @@ class Loop:
     """Runs batches from ``source`` through the stages until stopped or the source is exhausted."""
 
     def __init__(self, *, source: Source, fetcher: Any, registry: Any, sinks: Sequence[Any], dead_letters: Any,
-                 config: Any, stop: threading.Event | None = None, keep_scores: int = 0):
+                 config: Any, stop: threading.Event | None = None, keep_scores: int = 0, metrics: Any = None):
         self.source, self.fetcher, self.registry = source, fetcher, registry
         self.sinks, self.dead_letters, self.config = list(sinks), dead_letters, config
         self.stop = stop or threading.Event()
+        self.metrics = metrics or NoMetrics()  # hooks: worker/pipeline/metrics.py
         self.stats = LoopStats()
         self._keep_scores = keep_scores
         self._store = artefact_store(self.sinks)
@@ -153,6 +156,7 @@ class Loop:
         try:
             while True:
                 self.touch("alive")
+                self.metrics.alive()
                 if self._step():
                     continue
                 if self._may_poll() and self._poll():
@@ -180,7 +184,9 @@ class Loop:
         batches in flight the poll does not wait: they are what this thread should attend to."""
         wait_s = 0.0 if self._inflight else self.config.batch_wait_ms / 1000.0
         batch = self.source.poll_batch(self.config.batch_size, wait_s)
-        if self.source.healthy():
+        ready = self.source.healthy()
+        self.metrics.source_ready(ready)
+        if ready:
             self.touch("ready")
         else:
             self.untouch("ready")
@@ -188,11 +194,12 @@ class Loop:
         if not batch:
             self._source_done = bool(self.source.exhausted)
             return False
+        self.metrics.batch_polled(len(batch))
         work = BatchWork([Item(message) for message in batch])
         self._inflight.append(work)
         log.debug("batch_started", size=len(batch), in_flight=len(self._inflight))
         try:
-            self._stage_decode(work)
+            self._run_stage("decode", work)
             work.done.add("decode")
             self._start_fetch(work)
         except DependencyDown as error:
@@ -212,7 +219,7 @@ class Loop:
                 # (the DLQ, unlike Redis and S3, is not idempotent).
                 for stage in ("dead_letters", "commit"):
                     if stage not in head.done:
-                        getattr(self, f"_stage_{stage}")(head)
+                        self._run_stage(stage, head)
                         head.done.add(stage)
                 self._inflight.popleft()
                 return True
@@ -221,7 +228,7 @@ class Loop:
                 if work.fetching is not None and work.fetching.done():
                     self._finish_fetch(work)
                 if "fetch" in work.done and "score" not in work.done:
-                    self._stage_score(work)
+                    self._run_stage("score", work)
                     work.done.add("score")
                     self._start_write(work)
                     self.source.keepalive_if_due()
@@ -237,22 +244,23 @@ class Loop:
 
     def _start_fetch(self, work: BatchWork) -> None:
         live = [item for item in work.items if item.bad is None]
-        work.fetch_items = live
+        work.fetch_items, work.fetch_started = live, time.perf_counter()
         work.fetching = self.fetcher.submit([item.ref.uri for item in live], [_input_size(item) for item in live])
 
     def _finish_fetch(self, work: BatchWork) -> None:
         pending, work.fetching = work.fetching, None
         self._apply_fetched(work.fetch_items, pending.result())
+        self.metrics.stage_done("fetch", time.perf_counter() - work.fetch_started)
         work.done.add("fetch")
 
     def _start_write(self, work: BatchWork) -> None:
         if self._max_in_flight == 1:  # nothing to overlap with: write on this thread
-            self._stage_sinks(work)
+            self._run_stage("sinks", work)
             work.writing = _done_future()  # marked written only once it succeeded
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invad-sinks")
-        work.writing = self._writer.submit(self._stage_sinks, work)
+        work.writing = self._writer.submit(self._run_stage, "sinks", work)
 
     def _finish_write(self, work: BatchWork) -> None:
         writing, work.writing = work.writing, None
@@ -293,6 +301,7 @@ class Loop:
     def process(self, batch: Sequence[Message]) -> None:
         """Run one batch to commit on this thread, retrying dependency failures with capped
         exponential backoff (the loop's recovery path; also what tests drive directly)."""
+        self.metrics.batch_polled(len(batch))
         work = BatchWork([Item(message) for message in batch])
         self._inflight.append(work)
         try:
@@ -302,9 +311,13 @@ class Loop:
                 self._inflight.popleft()
 
     def _run_serially(self, work: BatchWork, failed: DependencyDown | None = None) -> None:
-        attempt = 0
+        attempt, down = 0, None
         while True:
             if failed is not None:
+                if down is not None and down != failed.dependency:
+                    self.metrics.dependency_up(down)  # got past it: another one failed further on
+                down = failed.dependency
+                self.metrics.dependency_down(down)
                 attempt += 1
                 self.stats.retries += 1
                 self.source.pause()
@@ -321,6 +334,7 @@ class Loop:
                 continue
             if attempt:
                 self.source.resume()
+                self.metrics.dependency_up(down)
                 log.info("dependency_recovered", attempts=attempt)
             return
 
@@ -334,6 +348,7 @@ class Loop:
         while True:
             self.source.keepalive()
             self.touch("alive")
+            self.metrics.alive()
             if self.stop.is_set():
                 self._stop_seen_at = self._stop_seen_at or time.monotonic()
                 if time.monotonic() - self._stop_seen_at > self.config.drain_timeout_s:
@@ -369,10 +384,15 @@ class Loop:
     def _advance(self, work: BatchWork) -> None:
         for stage in self._STAGES:
             if stage not in work.done:
-                getattr(self, f"_stage_{stage}")(work)
+                self._run_stage(stage, work)
                 work.done.add(stage)
                 self.source.keepalive_if_due()
                 self._drop_revoked()
+
+    def _run_stage(self, stage: str, work: BatchWork) -> None:
+        started = time.perf_counter()
+        getattr(self, f"_stage_{stage}")(work)
+        self.metrics.stage_done(stage, time.perf_counter() - started)
 
     def _stage_decode(self, work: BatchWork) -> None:
         for item in work.items:
@@ -510,17 +530,21 @@ class Loop:
             m = item.message
             if item.bad is not None:
                 self.stats.dead_lettered[item.bad.reason] += 1
+                self.metrics.dead_lettered(item.bad.reason, getattr(item.ref, "line_id", None),
+                                           getattr(item.ref, "product", None))
                 log.warning("dead_lettered", reason=item.bad.reason, error=item.bad.message, partition=m.partition,
                             offset=m.offset, image_id=getattr(item.ref, "image_id", None))
             elif item.scored is not None:
                 record = item.scored.record
                 self.stats.scored += 1
                 self.stats.flagged += int(record.is_anomaly)
+                self.metrics.scored(record.line_id, record.product, record.is_anomaly)
                 if len(self.stats.scores) < self._keep_scores:
                     self.stats.scores[record.image_id] = record.score
                 (log.info if record.is_anomaly else log.debug)(
                     "scored", image_id=record.image_id, partition=m.partition, offset=m.offset,
                     score=round(record.score, 4), is_anomaly=record.is_anomaly)
+        self.metrics.batch_committed(len(work.items))
         log.info("batch_committed", size=len(work.items), ms=round((time.perf_counter() - work.started) * 1e3, 1),
                  dead_lettered=sum(item.bad is not None for item in work.items),
                  offsets={f"{t}:{p}": o for (t, p), o in sorted(self._offsets(work).items())})

@@ -92,6 +92,13 @@ class ModelRegistry:
             names.update(classes if len(classes) > 1 else ("*",))
         return sorted(names)
 
+    def by_product(self) -> dict[str, Any]:
+        """Each configured product key ("*" for the fallback) -> its detector, for logging and metrics."""
+        mapping = dict(self._explicit)
+        if self._fallback is not None:
+            mapping["*"] = self._fallback
+        return mapping
+
     def detectors(self) -> list[Any]:
         """Every distinct detector, for warm-up and logging."""
         seen: dict[int, Any] = {}

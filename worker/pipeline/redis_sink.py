@@ -144,6 +144,13 @@ class RedisSink:
         except rerrors.RedisError as error:
             raise (_classified(error) or _misconfigured(error)) from error
 
+    def ping(self) -> bool:
+        """True when Redis answers a PING (the readiness check; any failure is False, never raised)."""
+        try:
+            return bool(self._client.ping())
+        except rerrors.RedisError:
+            return False
+
     def close(self) -> None:
         try:
             self._client.close()

@@ -77,6 +77,14 @@ class S3Sink:
             raise Misconfigured("s3", f"start-up check failed ({type(error).__name__}: {error})",
                                 "check INVAD_S3_ENDPOINT, INVAD_S3_REGION and the bucket name") from error
 
+    def ping(self) -> bool:
+        """True when the bucket answers a HEAD (the readiness check; any failure is False, never raised)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:  # noqa: BLE001 - unreachable, refused or missing: not ready, whatever the cause
+            return False
+
     def key(self, product: str, line_id: str, image_id: str, name: str) -> str:
         return artefact_key(self.prefix, product, line_id, image_id, name)
 
