@@ -127,14 +127,16 @@ def test_readyz_follows_a_redis_outage_and_healthz_stays_green(kenv, tmp_path):
     with TCPProxy(parts.hostname, parts.port) as proxy:
         proc = start_worker_process(kenv, tmp_path / "worker.log", INVAD_METRICS_PORT=str(port),
                                     INVAD_METRICS_BIND="127.0.0.1", INVAD_READY_CHECK_S="0.5",
-                                    INVAD_HEALTH_STALE_S="10", INVAD_REDIS_URL=f"redis://{proxy.address}{parts.path}")
+                                    INVAD_HEALTH_STALE_S="10", INVAD_REDIS_URL=f"redis://{proxy.address}{parts.path}",
+                                    # small batches: the ones in flight cannot hold every waiting message
+                                    INVAD_BATCH_SIZE="2", INVAD_MAX_IN_FLIGHT="2")
         try:
             wait_for(lambda: get(port, "/readyz")[0] == 200, 120, "the worker to be ready")
             produce(kenv, refs[:4])
             wait_for(lambda: len(stored_records(kenv)) == 4 and all_committed(kenv), 120, "a first part scored")
 
             proxy.cut()
-            produce(kenv, refs[4:])  # the loop now waits for Redis with one batch; the others stay behind it
+            produce(kenv, refs[4:])  # the loop now waits for Redis with its batches in flight; the others stay behind
             status, body = wait_for(lambda: (reply := get(port, "/readyz"))[0] == 503 and reply, 30, "not ready")
             assert json.loads(body)["checks"]["redis_reachable"] is False
 
