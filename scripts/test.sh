@@ -5,8 +5,16 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# Three independent set-ups side by side (each a no-op when cached): Helm for the chart tests (a Go
+# build the first time), the service binaries, and the virtual environment.
+setup_logs=$(mktemp -d)
+scripts/tools.sh >"$setup_logs/tools" 2>&1 & tools_pid=$!
+scripts/services.sh install >"$setup_logs/services" 2>&1 & services_pid=$!
 python=$(scripts/setup_venv.sh | tail -n 1)
-scripts/services.sh install
+wait "$services_pid" || { cat "$setup_logs/services" >&2; echo "test.sh: installing the services failed" >&2; exit 1; }
+wait "$tools_pid" || { cat "$setup_logs/tools" >&2; echo "test.sh: building helm failed" >&2; exit 1; }
+INVAD_HELM=$(tail -n 1 "$setup_logs/tools")
+export INVAD_HELM
 # Stop at the end only what this run started: a developer's running services stay up.
 already=$(scripts/services.sh status | grep -c ': running' || true)
 scripts/services.sh start
