@@ -8,6 +8,7 @@ service test is skipped, saying how to start them; under ``INVAD_REQUIRE_SERVICE
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
@@ -22,7 +23,12 @@ def service_setting(name: str) -> str:
     value = os.environ.get(name)
     if value:
         return value
-    message = f"{name} is not set: {HINT}"
+    unavailable(f"{name} is not set: {HINT}")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the calling test, saying what is missing (a service, a tool such as openssl); fail it
+    instead when INVAD_REQUIRE_SERVICES=1."""
     if os.environ.get("INVAD_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message} (INVAD_REQUIRE_SERVICES=1: the services are required here)", pytrace=False)
     pytest.skip(message)

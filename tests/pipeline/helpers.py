@@ -3,6 +3,7 @@ down or counted (never replaced)."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -49,3 +50,10 @@ def write_images(folder: Path, n_good: int, n_bad: int, seed: int = SEED, size: 
 
 def unique(name: str) -> str:
     return f"t{uuid.uuid4().hex[:10]}-{name}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a private server's listener)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
