@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
+
+from worker.common import kafka_security
 
 # kafka-python 3.x reports a failed bootstrap as KafkaTimeoutError; 2.x had NoBrokersAvailable.
 _UNREACHABLE = (kafka_errors.KafkaTimeoutError, getattr(kafka_errors, "NoBrokersAvailable", kafka_errors.KafkaTimeoutError))
@@ -35,14 +38,14 @@ def check_topic_name(name: str) -> str:
     return name
 
 
-def _admin(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
+def _admin(bootstrap: str, timeout_s: float, security: Mapping[str, Any] | None) -> KafkaAdminClient:
+    config = dict(bootstrap_servers=[s.strip() for s in bootstrap.split(",") if s.strip()], client_id="invad-admin",
+                  request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                  **(security or {}))
     try:
-        return KafkaAdminClient(
-            bootstrap_servers=[s.strip() for s in bootstrap.split(",") if s.strip()],
-            client_id="invad-admin",
-            request_timeout_ms=int(timeout_s * 1000),
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-        )
+        return kafka_security.make_client(lambda: KafkaAdminClient(**config), config)
+    except kafka_security.Refused as refused:
+        raise TopicError(f"the Kafka broker at {bootstrap!r} refused us: {refused}") from None
     except _UNREACHABLE:
         raise TopicError(f"no Kafka broker reachable at {bootstrap!r}") from None
 
@@ -56,26 +59,29 @@ def _partition_count(admin: KafkaAdminClient, name: str) -> int | None:
     return len(info.get("partitions") or [])
 
 
-def describe_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0) -> int | None:
-    """Partition count of topic ``name``, or None when it does not exist.
+def describe_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0,
+                   security: Mapping[str, Any] | None = None) -> int | None:
+    """Partition count of topic ``name``, or None when it does not exist. ``security``: kafka-python
+    security arguments (``worker.common.kafka_security.client_kwargs``), as for every function here.
 
     Raises:
-        TopicError: broker unreachable or the topic cannot be described.
+        TopicError: broker unreachable or refusing us, or the topic cannot be described.
     """
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         return _partition_count(admin, check_topic_name(name))
     finally:
         admin.close()
 
 
-def delete_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0) -> bool:
+def delete_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0,
+                 security: Mapping[str, Any] | None = None) -> bool:
     """Delete topic ``name``; False when it did not exist (for benchmarks and tests that clean up).
 
     Raises:
-        TopicError: broker unreachable or the deletion was refused.
+        TopicError: broker unreachable or refusing us, or the deletion was refused.
     """
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         if _partition_count(admin, check_topic_name(name)) is None:
             return False
@@ -88,7 +94,8 @@ def delete_topic(bootstrap: str, name: str, *, timeout_s: float = 30.0) -> bool:
 
 
 def ensure_topic(
-    bootstrap: str, name: str, partitions: int, replication_factor: int = 1, *, timeout_s: float = 30.0
+    bootstrap: str, name: str, partitions: int, replication_factor: int = 1, *, timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> TopicStatus:
     """Make sure topic ``name`` exists with at least ``partitions`` partitions; create it if missing.
 
@@ -106,7 +113,7 @@ def ensure_topic(
     check_topic_name(name)
     if partitions < 1 or replication_factor < 1:
         raise ValueError(f"partitions and replication_factor must be >= 1, got {partitions} and {replication_factor}")
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         existing = _partition_count(admin, name)
         created = False

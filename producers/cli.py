@@ -2,7 +2,9 @@
 
 The main `invad` CLI calls ``add_arguments(subparser)`` and then ``run(args)``. Exit codes: 0 when every
 image was delivered, 1 when any delivery or per-image step failed (or the broker/S3 could not be used),
-2 for bad flags (the message names the value and how to fix it).
+2 for bad flags (the message names the value and how to fix it). Kafka security (SASL, TLS) takes the
+worker's own settings: the ``INVAD_KAFKA_SECURITY_PROTOCOL``, ``INVAD_KAFKA_SASL_*`` and
+``INVAD_KAFKA_SSL_*`` variables and their flags (docs/CONFIGURATION.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from tqdm import tqdm
 
 from schemas import ImageRef
 from schemas.image_ref import ATTRIBUTE_KEY_RE, LINE_ID_RE, MAX_ATTRIBUTES, PRODUCT_RE
+from worker.common import kafka_security
 from worker.common.cliargs import UsageError, positive_int
+from worker.pipeline.config import add_config_arguments, read_settings
 
 from .admin import TopicError, check_topic_name, ensure_topic
 from .publisher import PublishError, Publisher
@@ -106,6 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the ImageRef JSON lines instead of sending (nothing is uploaded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # the worker's own Kafka security settings (INVAD_KAFKA_SECURITY_PROTOCOL, ...), read the same way
+    add_config_arguments(parser, kafka_security.SETTINGS, title="Kafka security (password: INVAD_KAFKA_SASL_PASSWORD)")
 
 
 @dataclass
@@ -147,7 +153,11 @@ def _resolve(args: argparse.Namespace) -> dict:
     if not bootstrap and not args.dry_run:
         raise UsageError("no Kafka broker given: pass --bootstrap host:port or set INVAD_KAFKA_BOOTSTRAP")
     producer = args.producer or socket.gethostname()[:128] or "invad-producer"
-    return dict(bootstrap=bootstrap, topic=topic, endpoint=endpoint, producer=producer)
+    try:
+        security = kafka_security.client_kwargs(read_settings(kafka_security.SETTINGS, args, os.environ))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return dict(bootstrap=bootstrap, topic=topic, endpoint=endpoint, producer=producer, security=security)
 
 
 def _uploader(s3, target: str, dry_run: bool):
@@ -228,10 +238,11 @@ def _publish(args, opts: dict, refs: Iterator[ImageRef], tally: Tally, bar) -> N
     try:
         if args.create_topic:
             status = ensure_topic(opts["bootstrap"], opts["topic"], args.partitions or 1,
-                                  args.replication_factor or 1)
+                                  args.replication_factor or 1, security=opts["security"])
             verb = "created" if status.created else "found"
             bar.write(f"topic {status.name!r} {verb} with {status.partitions} partition(s)", file=sys.stderr)
-        with Publisher(opts["bootstrap"], opts["topic"], client_id=f"invad-produce-{opts['producer']}"[:100]) as pub:
+        with Publisher(opts["bootstrap"], opts["topic"], client_id=f"invad-produce-{opts['producer']}"[:100],
+                       security=opts["security"]) as pub:
             for report in pub.publish(refs):
                 if report.ok:
                     tally.sent += 1

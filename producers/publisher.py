@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
@@ -13,6 +13,7 @@ from kafka import errors as kafka_errors
 _UNREACHABLE = (kafka_errors.KafkaTimeoutError, getattr(kafka_errors, "NoBrokersAvailable", kafka_errors.KafkaTimeoutError))
 
 from schemas import ImageRef
+from worker.common import kafka_security
 
 
 class PublishError(RuntimeError):
@@ -67,6 +68,8 @@ class Publisher:
         max_block_ms: how long ``send`` may block for metadata or buffer space before PublishError.
         bootstrap_timeout_ms: how long ``connect`` tries to reach a broker before PublishError.
         max_in_flight: records awaiting acknowledgement before ``publish`` waits for the oldest.
+        security: kafka-python security arguments, from ``worker.common.kafka_security.client_kwargs``
+            (None: PLAINTEXT).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Publisher:
         max_block_ms: int = 30_000,
         bootstrap_timeout_ms: int = 30_000,
         max_in_flight: int = 10_000,
+        security: Mapping[str, Any] | None = None,
     ):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -103,6 +107,7 @@ class Publisher:
             request_timeout_ms=request_timeout_ms,
             max_block_ms=max_block_ms,
             bootstrap_timeout_ms=bootstrap_timeout_ms,
+            **(security or {}),
         )
         self._producer: KafkaProducer | None = None
 
@@ -110,11 +115,14 @@ class Publisher:
         """Create the Kafka client (idempotent).
 
         Raises:
-            PublishError: no broker reachable at ``bootstrap``, or a bad producer setting.
+            PublishError: no broker reachable at ``bootstrap``, the broker refused our credentials or
+                certificate, or a bad producer setting.
         """
         if self._producer is None:
             try:
-                self._producer = KafkaProducer(**self._config)
+                self._producer = kafka_security.make_client(lambda: KafkaProducer(**self._config), self._config)
+            except kafka_security.Refused as refused:
+                raise PublishError(f"the Kafka broker at {self.bootstrap!r} refused us: {refused}") from None
             except _UNREACHABLE:
                 raise PublishError(
                     f"no Kafka broker reachable at {self.bootstrap!r}; check --bootstrap / INVAD_KAFKA_BOOTSTRAP "

@@ -27,7 +27,8 @@ def service_setting(name: str) -> str:
 
 
 def unavailable(message: str) -> NoReturn:
-    """Skip the calling test because something it needs is missing; fail it under INVAD_REQUIRE_SERVICES=1."""
+    """Skip the calling test, saying what is missing (a service, a tool such as openssl); fail it
+    instead when INVAD_REQUIRE_SERVICES=1."""
     if os.environ.get("INVAD_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message} (INVAD_REQUIRE_SERVICES=1: the services are required here)", pytrace=False)
     pytest.skip(message)

@@ -53,7 +53,7 @@ def unique(name: str) -> str:
 
 
 def free_port() -> int:
-    """A loopback port that was free a moment ago (for a private server)."""
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a private server's listener)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -37,13 +37,17 @@ class KafkaEnv:
     prefix: str = field(default_factory=lambda: unique("p"))
     bucket: str = field(default_factory=lambda: unique("bucket").lower())
     dlq_configs: dict[str, str] = field(default_factory=dict)  # topic configs of the DLQ (max.message.bytes, ...)
+    # kafka-python security arguments of the test's own clients (a SASL_SSL broker), and the TLS files
+    # of its Redis client (redis_client.connect); empty for the plain shared services
+    security: dict[str, Any] = field(default_factory=dict)
+    redis_tls: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def dlq(self) -> str:
         return f"{self.topic}.dlq"
 
     def setup(self) -> "KafkaEnv":
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
         admin.create_topics({self.topic: {"num_partitions": self.partitions, "replication_factor": 1},
                              self.dlq: {"num_partitions": 1, "replication_factor": 1, "configs": self.dlq_configs}},
                             wait_for_metadata=True)
@@ -57,8 +61,8 @@ class KafkaEnv:
                                     secret_key=self.s3["secret_key"], timeout_s=5)
 
     def redis(self) -> Any:
-        import redis
-        return redis.Redis.from_url(self.redis_url)
+        from worker.common import redis_client
+        return redis_client.connect(self.redis_url, self.redis_tls)
 
     def environ(self, **overrides: str) -> dict[str, str]:
         """INVAD_* variables for a worker on this env (short timeouts so rebalances are quick)."""
@@ -101,7 +105,7 @@ def ref_json(env: KafkaEnv, image_id: str, key: str, line_id: str) -> bytes:
 
 def produce(env: KafkaEnv, messages: list[tuple[bytes | None, bytes]]) -> None:
     """Send (key, value) pairs; keyed messages land by key hash, so a line stays on one partition."""
-    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all", **env.security)
     for key, value in messages:
         producer.send(env.topic, key=key, value=value)
     producer.flush()
@@ -110,7 +114,8 @@ def produce(env: KafkaEnv, messages: list[tuple[bytes | None, bytes]]) -> None:
 
 def offsets(env: KafkaEnv) -> tuple[dict[int, int | None], dict[int, int]]:
     """(committed offset per partition for the env's group, end offset per partition)."""
-    consumer = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=env.group, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=env.group, enable_auto_commit=False,
+                             **env.security)
     tps = [TopicPartition(env.topic, p) for p in range(env.partitions)]
     committed = {tp.partition: consumer.committed(tp) for tp in tps}
     ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
@@ -121,7 +126,7 @@ def offsets(env: KafkaEnv) -> tuple[dict[int, int | None], dict[int, int]]:
 def read_dlq(env: KafkaEnv, expected: int, timeout_s: float = 20) -> list[Any]:
     from schemas import DeadLetter
     consumer = KafkaConsumer(env.dlq, bootstrap_servers=env.bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
+                             enable_auto_commit=False, group_id=None, **env.security)
     letters: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(letters) < expected and time.monotonic() < deadline:
@@ -190,13 +195,15 @@ class WorkerThread:
         return self.exit_code
 
 
-def start_worker_process(env: KafkaEnv, log_path: Path, **overrides: str) -> subprocess.Popen:
-    """A worker subprocess (tests/pipeline/worker_proc.py, the real bundle ``env.models``) logging to
-    ``log_path``. One torch thread each: several workers share the test machine's cores."""
+def start_worker_process(env: KafkaEnv, log_path: Path, *, cli: bool = False, **overrides: str) -> subprocess.Popen:
+    """A worker subprocess (tests/pipeline/worker_proc.py, or with ``cli`` the real ``invad work``, the
+    real bundle ``env.models``) logging to ``log_path``. One torch thread each: several workers share
+    the test machine's cores."""
     assert env.models, "a worker process needs KafkaEnv(models=<bundle path>)"
     environ = {**os.environ, **env.environ(**overrides), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE), str(HERE.parent)])}
-    return subprocess.Popen([sys.executable, str(HERE / "worker_proc.py")], env=environ, cwd=str(REPO),
+    command = ["-m", "worker.cli", "work"] if cli else [str(HERE / "worker_proc.py")]
+    return subprocess.Popen([sys.executable, *command], env=environ, cwd=str(REPO),
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 

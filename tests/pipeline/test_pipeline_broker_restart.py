@@ -74,8 +74,8 @@ def test_worker_started_before_the_broker_waits_for_it(broker, redis_url, s3_set
     log = tmp_path / "worker.log"
     proc = start_worker_process(kenv, log)
     try:
-        # kafka-python gives up on an unreachable bootstrap after request_timeout_ms (30 s): the
-        # worker must call that an outage and try again, not exit.
+        # kafka-python gives up on an unreachable bootstrap after bootstrap_timeout_ms (10 s in the
+        # worker): the worker must call that an outage and try again, not exit.
         wait_for(lambda: "dependency_down_at_start" in events(log), 240, "the first failed connection")
         assert proc.poll() is None, log.read_text()[-3000:]
         broker.start()

@@ -183,9 +183,13 @@ def test_redacted_config_masks_every_form_and_settings_named_like_credentials_ar
     assert config.redacted()["models"] == [["a", "/m/a"], ["*", "/m/all"]]
     assert "pw1-secret" not in repr(config) and "AKIA-id-secret" not in str(config)
     assert set(config.secrets()) >= {"pw1-secret", "pw2-secret", "AKIA-id-secret", "tok-secret", "s3cr3t"}
-    # a setting whose name says credential (a future kafka_sasl_password, tls_key_passphrase...) must be secret
+    # a setting whose name says credential (kafka_sasl_password, a future tls_key_passphrase...) must be
+    # secret; the path of a key file is not a credential (the file's permissions protect it)
     for option in OPTIONS:
-        assert not SECRET_KEY.search(option.name) or option.secret, f"{option.name} must be declared secret=True"
+        credential = SECRET_KEY.search(option.name) and not option.name.endswith("_keyfile")
+        assert not credential or option.secret, f"{option.name} must be declared secret=True"
+    password = next(option for option in OPTIONS if option.name == "kafka_sasl_password")
+    assert password.secret and password.flag is None
 
 
 def test_log_redactor_masks_known_secrets_anywhere_in_an_event():

@@ -12,9 +12,8 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
-import redis
-
 from schemas import RedisLayout
+from worker.common import redis_client
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -43,8 +42,8 @@ def parse_pids(text: str | None) -> dict[str, int]:
 class RedisReader:
     """Reads ScoreRecords the workers wrote under ``prefix``; removes every key under it at the end."""
 
-    def __init__(self, url: str, prefix: str, poll_s: float):
-        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    def __init__(self, url: str, prefix: str, poll_s: float, tls: dict[str, str | None] | None = None):
+        self.client = redis_client.connect(url, tls, socket_timeout=10, socket_connect_timeout=5)
         self.layout, self.poll_s = RedisLayout(prefix=prefix), poll_s
 
     def wait_visible(self, ids: Sequence[str], timeout_s: float,

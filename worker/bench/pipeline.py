@@ -41,6 +41,7 @@ from producers.admin import delete_topic, ensure_topic
 from producers.publisher import Publisher
 from producers.rate import TokenBucket
 from schemas import ImageRef
+from worker.common import kafka_security, redis_client
 from worker.pipeline import s3
 from worker.pipeline.config import WorkerConfig
 
@@ -68,8 +69,9 @@ class PipelineBench:
         self.config, self.device, self.watch_pids, self.stage_profile = config, device, watch_pids, stage_profile
         self.scratch = scratch
         self.s3 = s3.client_from_config(config)
-        self.redis = RedisReader(config.redis_url, config.redis_prefix, POLL_S)
-        self.publisher = Publisher(",".join(config.kafka_bootstrap), config.topic, client_id="invad-bench", linger_ms=5)
+        self.redis = RedisReader(config.redis_url, config.redis_prefix, POLL_S, redis_client.tls_settings(config))
+        self.publisher = Publisher(",".join(config.kafka_bootstrap), config.topic, client_id="invad-bench", linger_ms=5,
+                                   security=kafka_security.client_kwargs(config))
         self.uris: list[str] = []
         self.lines: list[str] = []  # one line id per partition, found by the first warm-up
 
@@ -233,7 +235,8 @@ class PipelineBench:
             problems.append(f"bucket {self.config.s3_bucket}: {error!r}")
         for topic in (self.config.topic, self.config.dlq_topic):
             try:
-                delete_topic(",".join(self.config.kafka_bootstrap), topic)
+                delete_topic(",".join(self.config.kafka_bootstrap), topic,
+                             security=kafka_security.client_kwargs(self.config))
             except Exception as error:  # noqa: BLE001
                 problems.append(f"topic {topic}: {error!r}")
         self.redis.close()
@@ -276,8 +279,10 @@ def run(args: Any) -> int:
         service_config(args, token, NULL_MODELS, batch_size)  # fail on a bad service setting before the slow part
         models, encoded, rows, meta = prepare_inputs(args, scratch, batch_size)
         config = service_config(args, token, models, batch_size)
-        ensure_topic(",".join(config.kafka_bootstrap), config.topic, PARTITIONS)
-        ensure_topic(",".join(config.kafka_bootstrap), config.dlq_topic, 1)  # workers refuse to start without it
+        security = kafka_security.client_kwargs(config)
+        ensure_topic(",".join(config.kafka_bootstrap), config.topic, PARTITIONS, security=security)
+        # workers refuse to start without it
+        ensure_topic(",".join(config.kafka_bootstrap), config.dlq_topic, 1, security=security)
         bench = PipelineBench(config, args.device, watch_pids, args.stage_profile == "on", scratch)
         try:
             bench.upload(encoded)

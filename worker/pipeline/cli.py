@@ -1,8 +1,8 @@
 """``invad work``: the Kafka worker, or embedded mode with ``--source``; and :func:`run_embedded`.
 
 Exit codes: 0 after a clean stop or an exhausted embedded source; 2 for an invalid setting; at
-start, a dependency that refuses our configuration exits with 3 (Redis: credentials, ACL), 4 (S3:
-bucket, credentials, permission) or 5 (Kafka: missing topic, refused); 75 (EX_TEMPFAIL) when a
+start, a dependency that refuses our configuration exits with 3 (Redis: credentials, ACL, TLS), 4 (S3:
+bucket, credentials, permission) or 5 (Kafka: missing topic, SASL credentials, TLS); 75 (EX_TEMPFAIL) when a
 stop could not drain because a dependency stayed down (nothing was committed past the last good
 batch, so nothing is lost). No message content causes an exit; a bug propagates as a traceback.
 """

@@ -21,11 +21,12 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from schemas import redis_layout
-from worker.common import s3client
+from worker.common import kafka_security, redis_client, s3client
 
 from .redact import MASK, credentials_in, redact_text, redact_value
 
@@ -157,6 +158,14 @@ def _bootstrap(text: str) -> tuple[str, ...]:
     return servers
 
 
+def _choice(*choices: str) -> Rule:
+    def parse(text: str) -> str:
+        if str(text) not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(text)
+    return Rule(parse, " | ".join(choices))
+
+
 def _name(pattern: str, allowed: str) -> Rule:
     def parse(text: str) -> str:
         if not re.fullmatch(pattern, str(text)):
@@ -181,6 +190,7 @@ _MODELS = Rule(parse_models, "bundle path, or product=path,...,*=path")
 _DEVICE = Rule(_device, "auto, cpu, cuda, cuda:N or mps")
 _BOOTSTRAP = Rule(_bootstrap, "comma-separated host:port")
 _ADDRESS = Rule(_address, "IP address or host name")
+_PEM_FILE = Rule(lambda text: os.path.expanduser(str(text)), "path of a readable PEM file")
 
 
 def setting(default: Any, rule: Rule, help: str, *, env: tuple[str, ...] = (), flag: bool = True,
@@ -240,11 +250,34 @@ class WorkerConfig:
     max_poll_interval_ms: int = setting(300000, _int(5_000), "Kafka max.poll.interval.ms")
     session_timeout_ms: int = setting(45000, _int(1_000), "Kafka session.timeout.ms")
     heartbeat_interval_ms: int = setting(3000, _int(100), "Kafka heartbeat.interval.ms")
+    # Kafka security, shared with `invad produce` (worker/common/kafka_security.py builds the client arguments)
+    kafka_security_protocol: str = setting("PLAINTEXT", _choice(*kafka_security.PROTOCOLS),
+                                           "how clients talk to the brokers (security.protocol)")
+    kafka_sasl_mechanism: str | None = setting(None, _choice(*kafka_security.MECHANISMS),
+                                               "SASL mechanism (required with SASL_SSL and SASL_PLAINTEXT)")
+    kafka_sasl_username: str | None = setting(None, _TEXT, "SASL user (required with SASL_*)")
+    kafka_sasl_password: str | None = setting(None, _TEXT, "SASL password (required with SASL_*); a variable "
+                                              "only, so it never shows in a process list", flag=False, secret=True)
+    kafka_ssl_cafile: str | None = setting(None, _PEM_FILE, "CA certificate(s) that signed the brokers' "
+                                           "certificates (SSL, SASL_SSL; empty: the system's CAs)")
+    kafka_ssl_certfile: str | None = setting(None, _PEM_FILE, "client certificate, for brokers that require one "
+                                             "(ssl.client.auth=required)")
+    kafka_ssl_keyfile: str | None = setting(None, _PEM_FILE, "unencrypted private key of the client certificate "
+                                            "(empty: inside the certificate file)")
+    kafka_ssl_check_hostname: bool = setting(True, _BOOL, "check that a broker's certificate names the host "
+                                             "connected to")
     # -- Redis --
     redis_url: str | None = setting(None, _url("redis", "rediss", "unix"),
-                                    "Redis URL for score records and alerts (required in kafka mode); "
+                                    "Redis URL for score records and alerts (required in kafka mode): "
+                                    "redis[s]://USER:PASSWORD@HOST:PORT/DB for an ACL user, rediss:// for TLS; "
                                     "a password in it is masked in logs, but prefer the variable to the flag",
                                     secret=True)
+    redis_ssl_ca_certs: str | None = setting(None, _PEM_FILE, "CA certificate(s) that signed the Redis server's "
+                                             "certificate (rediss:// only; empty: the system's CAs)")
+    redis_ssl_certfile: str | None = setting(None, _PEM_FILE, "client certificate, for a Redis with "
+                                             "tls-auth-clients yes (rediss:// only)")
+    redis_ssl_keyfile: str | None = setting(None, _PEM_FILE, "unencrypted private key of the Redis client "
+                                            "certificate (empty: inside the certificate file)")
     # Redis defaults are the layout's own (schemas/redis_layout.py), written once there.
     redis_prefix: str = setting(redis_layout.DEFAULT_PREFIX, _REDIS_PREFIX, "prefix of every Redis key")
     record_ttl_s: int = setting(redis_layout.DEFAULT_RECORD_TTL_S, _int(1),
@@ -329,16 +362,9 @@ class WorkerConfig:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {"mode": mode}
         for option in OPTIONS:
-            raw, origin = _lookup(option, flags, environ)
-            if raw is None:
-                continue
-            if not isinstance(raw, str):  # already typed (Python callers): checked in __post_init__
-                values[option.name] = raw
-                continue
-            try:
-                values[option.name] = option.rule.parse(raw)
-            except ValueError as error:
-                raise ValueError(f"{origin}={option.shown(raw)}: {error}") from None
+            value = _read(option, flags, environ)
+            if value is not None:
+                values[option.name] = value
         return cls(**values)
 
     def validate(self) -> None:
@@ -362,6 +388,9 @@ class WorkerConfig:
         if self.backoff_max_s * 1000 * 4 > self.max_poll_interval_ms:
             raise ValueError(f"{named('backoff_max_s')}: must be at most a quarter of "
                              f"{named('max_poll_interval_ms')} (in seconds)")
+        # Security settings that cannot work together, and certificate files, fail here, not at a handshake.
+        kafka_security.check(self, label)
+        redis_client.check(self, label)
 
     def replace(self, **changes: Any) -> "WorkerConfig":
         """A copy with ``changes``, checked like any new config."""
@@ -407,9 +436,49 @@ def _lookup(option: Option, flags: Mapping[str, Any], environ: Mapping[str, str]
     return None, None
 
 
+def _read(option: Option, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """The value of ``option`` from its flag or variable, parsed by its rule (None when neither is set;
+    a value that is already typed, from a Python caller, is passed through to be checked later)."""
+    raw, origin = _lookup(option, flags, environ)
+    if raw is None or not isinstance(raw, str):
+        return raw
+    try:
+        return option.rule.parse(raw)
+    except ValueError as error:
+        raise ValueError(f"{origin}={option.shown(raw)}: {error}") from None
+
+
 OPTIONS: tuple[Option, ...] = tuple(_option(item) for item in dataclasses.fields(WorkerConfig)
                                     if "setting" in item.metadata)
 _BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def label(name: str) -> str:
+    """How a message names setting ``name``: its variable, and its flag when it has one."""
+    option = _BY_NAME[name]
+    return option.env[0] + (f" ({option.flag})" if option.flag else "")
+
+
+def read_settings(names: Iterable[str], flags: Mapping[str, Any] | argparse.Namespace | None = None,
+                  environ: Mapping[str, str] | None = None) -> SimpleNamespace:
+    """Just the settings ``names``, read and checked as :meth:`WorkerConfig.from_sources` reads them
+    (flag over variable over default), for commands that share some of the worker's settings:
+    `invad produce` reads ``kafka_security.SETTINGS``, `invad alerts` ``redis_client.SETTINGS``.
+
+    Raises:
+        ValueError: naming the flag or variable, the bad value (credentials masked) and what is allowed.
+    """
+    flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+    environ = os.environ if environ is None else environ
+    wanted = set(names)
+    values = {option.name: _read(option, flags, environ) for option in OPTIONS if option.name in wanted}
+    settings = SimpleNamespace(**{name: _BY_NAME[name].default if value is None else value
+                                  for name, value in values.items()})
+    if wanted >= set(kafka_security.SETTINGS):
+        kafka_security.check(settings, label)
+    if wanted >= set(redis_client.SETTINGS):
+        redis_client.check(settings, label)
+    return settings
 
 
 def default_text(option: Option) -> str:
@@ -417,11 +486,14 @@ def default_text(option: Option) -> str:
     return option.derived if option.default is None and option.derived else as_text(option.default)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting that has one; each defaults to None so the variable, then the default, applies."""
-    group = parser.add_argument_group("settings", f"each flag overrides its variable; see {DOC_PATH}")
+def add_config_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,
+                         title: str = "settings") -> None:
+    """Add one flag per setting that has one (only those of ``names`` when given); each defaults to None
+    so the variable, then the default, applies."""
+    wanted = None if names is None else set(names)
+    group = parser.add_argument_group(title, f"each flag overrides its variable; see {DOC_PATH}")
     for option in OPTIONS:
-        if option.flag is None:
+        if option.flag is None or (wanted is not None and option.name not in wanted):
             continue
         default = default_text(option)
         text = (f"{option.help} [{option.rule.allowed}]; env {option.env[0]}"

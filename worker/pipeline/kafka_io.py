@@ -17,6 +17,8 @@ from kafka import errors as kerrors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
+from worker.common import kafka_security
+
 from .errors import DependencyDown, Misconfigured
 from .loop import Message
 
@@ -42,13 +44,29 @@ def is_transient(error: BaseException) -> bool:
         error, (kerrors.KafkaConnectionError, kerrors.KafkaTimeoutError, ConnectionError, TimeoutError))
 
 
-def _connect(make: Any, bootstrap: Any) -> Any:
-    """Build a kafka-python client; an unreachable bootstrap is DependencyDown, anything else raises."""
+def _client_settings(config: Any, **settings: Any) -> dict[str, Any]:
+    """kafka-python arguments of every client of the worker: the bootstrap servers, the security
+    settings (worker/common/kafka_security.py), then ``settings``. Bootstrap gives up after 10 s (not
+    kafka-python's 30 s), so a refused password or certificate fails the start within seconds; an
+    outage is retried by the caller either way."""
+    return dict(bootstrap_servers=list(config.kafka_bootstrap), bootstrap_timeout_ms=10_000,
+                **kafka_security.client_kwargs(config), **settings)
+
+
+def _connect(make: Any, settings: dict[str, Any]) -> Any:
+    """Build a kafka-python client from ``settings``.
+
+    Raises:
+        Misconfigured: the broker refused our credentials or certificate, or speaks another protocol.
+        DependencyDown: no broker reachable.
+    """
     try:
-        return make()
+        return kafka_security.make_client(make, settings)
+    except kafka_security.Refused as refused:
+        raise Misconfigured("kafka", refused.problem, refused.fix) from refused
     except kerrors.KafkaError as error:
         if is_transient(error):
-            raise DependencyDown("kafka", f"no broker reachable at {list(bootstrap)}: {error}") from error
+            raise DependencyDown("kafka", f"no broker reachable at {settings['bootstrap_servers']}: {error}") from error
         raise
 
 
@@ -101,14 +119,14 @@ class KafkaSource:
 
     def __init__(self, config: Any, **overrides: Any):
         self.config = config
-        settings = dict(
-            bootstrap_servers=list(config.kafka_bootstrap), group_id=config.group, client_id=config.worker_id,
+        settings = _client_settings(
+            config, group_id=config.group, client_id=config.worker_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             max_poll_interval_ms=config.max_poll_interval_ms, session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms, request_timeout_ms=30_000,
             reconnect_backoff_max_ms=5_000)
         settings.update(overrides)
-        self._consumer = _connect(lambda: KafkaConsumer(**settings), config.kafka_bootstrap)
+        self._consumer = _connect(lambda: KafkaConsumer(**settings), settings)
         self._revoked: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], int] = {}  # flushed, not yet committed
         self._paused = False
@@ -310,7 +328,7 @@ class KafkaDeadLetters:
     again with its payload cut to the original's size and digest: a dead letter is never dropped."""
 
     def __init__(self, config: Any, **overrides: Any):
-        settings = dict(bootstrap_servers=list(config.kafka_bootstrap), client_id=f"{config.worker_id}-dlq",
+        settings = _client_settings(config, client_id=f"{config.worker_id}-dlq",
                         acks="all", linger_ms=5, max_block_ms=10_000, request_timeout_ms=10_000,
                         retries=5, reconnect_backoff_max_ms=5_000, max_request_size=1_048_576,
                         # Not idempotent: kafka-python's idempotent producer fails every later send
@@ -320,7 +338,7 @@ class KafkaDeadLetters:
                         enable_idempotence=False)
         settings.update(overrides)
         self.topic = config.dlq_topic
-        self._producer = _connect(lambda: KafkaProducer(**settings), config.kafka_bootstrap)
+        self._producer = _connect(lambda: KafkaProducer(**settings), settings)
         self._pending: list[tuple[Any, Any]] = []  # (dead letter, future)
 
     def send(self, dead_letter: Any) -> None:

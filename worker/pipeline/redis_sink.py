@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import redis
 import redis.exceptions as rerrors
 import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from schemas import ALERT_ONCE_LUA, AlertEntry, RedisLayout
+from worker.common import redis_client
 
 from .errors import DependencyDown, Misconfigured
 from .sinks import ScoredImage
@@ -66,13 +66,16 @@ def _classified(error: BaseException) -> Exception | None:
 class RedisSink:
     """Writes every scored image to Redis; idempotent by ``image_id``."""
 
-    def __init__(self, url: str, layout: RedisLayout, *, client: Any = None, socket_timeout_s: float = 5.0):
-        """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes). The connection is made
-        lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
+    def __init__(self, url: str, layout: RedisLayout, *, client: Any = None, socket_timeout_s: float = 5.0,
+                 tls: dict[str, str | None] | None = None):
+        """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes); ``tls``: the CA and client
+        certificate files of a rediss:// URL (``redis_client.tls_settings(config)``). The connection is
+        made lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
         self.layout = layout
+        self._url = url
         # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
-        self._client = client or redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
+        self._client = client or redis_client.connect(
+            url, tls, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
             health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
         self._alert = self._client.register_script(ALERT_ONCE_LUA)
         self._pending: dict[str, ScoredImage] = {}
@@ -82,7 +85,7 @@ class RedisSink:
         layout = RedisLayout(prefix=config.redis_prefix, record_ttl_s=config.record_ttl_s,
                              recent_max=config.recent_per_line, top_max=config.top_per_line,
                              alerts_maxlen=config.alert_stream_maxlen)
-        return cls(config.redis_url, layout)
+        return cls(config.redis_url, layout, tls=redis_client.tls_settings(config))
 
     def write(self, batch: Sequence[ScoredImage]) -> None:
         """Stage the batch; nothing is sent until :meth:`flush`."""
@@ -134,7 +137,8 @@ class RedisSink:
 
         Raises:
             DependencyDown: Redis is unreachable or loading (the caller waits and retries).
-            Misconfigured: Redis refused the credentials or the commands.
+            Misconfigured: Redis refused the credentials, the commands or our TLS settings (a
+                certificate not trusted, TLS on one side only).
         """
         probe = f"{self.layout.prefix}:probe"
         try:
@@ -142,7 +146,12 @@ class RedisSink:
             self._client.script_load(ALERT_ONCE_LUA)
             self._client.delete(probe)
         except rerrors.RedisError as error:
-            raise (_classified(error) or _misconfigured(error)) from error
+            meaning = _classified(error)
+            # A connection that fails because of TLS looks like an outage to redis-py: ask why.
+            if isinstance(meaning, DependencyDown) and isinstance(error, rerrors.ConnectionError):
+                refused = redis_client.tls_refusal(error, self._url)
+                meaning = Misconfigured("redis", *refused) if refused else meaning
+            raise (meaning or _misconfigured(error)) from error
 
     def ping(self) -> bool:
         """True when Redis answers a PING (the readiness check; any failure is False, never raised)."""
