@@ -47,6 +47,7 @@ def _cached_bundle(name: str, make) -> Path:
     unchanged: keyed by the sources of worker/core, the test data generator, this file, and the torch
     and diffusers versions. Training it
     costs minutes on 2 cores, and every developer's pytest run would pay them again."""
+    import fcntl
     import hashlib
     import os
     import shutil
@@ -60,13 +61,16 @@ def _cached_bundle(name: str, make) -> Path:
         digest.update(source.read_bytes())
     cache = Path(os.environ.get("INVAD_CACHE", Path.home() / ".cache" / "invad")) / "test-bundles"
     final = cache / f"{name}-{digest.hexdigest()[:16]}"
-    if not (final / ".complete").exists():
-        building = cache / f".{final.name}.{os.getpid()}"
-        shutil.rmtree(building, ignore_errors=True)
-        make(building)
-        (building / ".complete").touch()
-        shutil.rmtree(final, ignore_errors=True)
-        building.rename(final)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers (pytest -n) train it once, the others wait
+        if not (final / ".complete").exists():
+            building = cache / f".{final.name}.{os.getpid()}"
+            shutil.rmtree(building, ignore_errors=True)
+            make(building)
+            (building / ".complete").touch()
+            shutil.rmtree(final, ignore_errors=True)
+            building.rename(final)
     return final
 
 

@@ -281,15 +281,37 @@ def test_a_credential_in_values_is_refused(helm):
     assert "redis.existingSecret is empty" in render_error("redis.existingSecret=")
 
 
+@pytest.fixture(scope="module")
+def pem_pair(tmp_path_factory) -> dict[str, str]:
+    """A throwaway self-signed certificate and its key, standing in for the files a pod mounts."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        unavailable("openssl is not installed (needed to stand in for the mounted TLS files)")
+    folder = tmp_path_factory.mktemp("pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=invad-test"], check=True, capture_output=True)
+    return {"cert": str(folder / "cert.pem"), "key": str(folder / "key.pem")}
+
+
 @pytest.mark.parametrize("profile", PROFILES)
-def test_the_configmap_is_what_the_worker_accepts(helm, profile):
-    data = configmap(render(PROFILES[profile]))
+def test_the_configmap_is_what_the_worker_accepts(helm, profile, pem_pair):
+    docs = render(PROFILES[profile])
+    data = configmap(docs)
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     declared = {name for option in OPTIONS for name in option.env}
     pending = set(values["envNames"].values())  # settings other branches are adding (Kafka TLS/SASL, metrics)
     assert set(data) <= declared | pending, f"not worker settings: {sorted(set(data) - declared - pending)}"
-    # The worker's own parser and cross-checks, on exactly these values (plus the Secret's URL).
-    config = WorkerConfig.from_sources({}, {**data, "INVAD_REDIS_URL": "rediss://:secret@redis:6380/0"})
+    # The worker's own parser and cross-checks, on exactly these values plus a stand-in for each
+    # variable the Deployment takes from a Secret (the Redis URL must parse as one).
+    container = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
+    from_secrets = {env["name"]: "stand-in" for env in container.get("env", []) if "valueFrom" in env}
+    # TLS files are mounted in the pod; here a real PEM pair stands in at each such setting.
+    mounted = {name: pem_pair["key"] if name.endswith("KEYFILE") else pem_pair["cert"]
+               for name in data if name.endswith(("_CAFILE", "_CERTFILE", "_KEYFILE", "_CA_CERTS"))}
+    config = WorkerConfig.from_sources({}, {**data, **from_secrets, **mounted,
+                                            "INVAD_REDIS_URL": "rediss://:secret@redis:6380/0"})
     assert config.topic == data["INVAD_TOPIC"] and config.dlq_topic == data["INVAD_DLQ_TOPIC"]
     assert config.drain_timeout_s == float(data["INVAD_DRAIN_TIMEOUT_S"])
 
