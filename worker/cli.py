@@ -194,6 +194,9 @@ def _add_bench(sub) -> None:
                    help="input size of the untrained default detector; with --detector null, of the images")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
+    p.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",
+                   help="detector target: torch.compile the backbone and denoiser first (reduce-overhead = "
+                        "CUDA graphs); the warm-up run pays the compilation (default off)")
     pipe = p.add_argument_group("pipeline target (real Kafka, Redis and S3)")
     pipe.add_argument("--images", type=positive_int, default=200, help="images per pipeline run (default 200)")
     pipe.add_argument("--workers-scaling", choices=("on", "off"), default="on",

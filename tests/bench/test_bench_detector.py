@@ -17,3 +17,28 @@ def test_bench_writes_table_and_json(tiny_bundle, tmp_path, capsys):
     assert {(r["method"], r["steps"], r["batch_size"]) for r in rows} >= {("inversion", 3, 2), ("reconstruction", 10, 1)}
     inversion = next(r for r in rows if r["method"] == "inversion" and r["steps"] == 3)
     assert inversion["denoiser_evals"] == 3
+
+
+def test_gpu_report_is_built_from_what_ran(tiny_bundle, tmp_path, capsys):
+    """scripts/gpu_check.sh's report, from a real (CPU) detector run: tables of what ran, and the
+    steps that did not run said to be missing, never filled in."""
+    from worker.bench.gpu_report import main as report_main
+    assert main(["bench", "--model", str(tiny_bundle), "--batch-sizes", "2", "--steps", "3", "--repeats", "1",
+                 "--out", str(tmp_path / "detector-off.json")]) == 0
+    (tmp_path / "pytest.txt").write_text("3 passed in 9.1s\n")
+    assert report_main([str(tmp_path)]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    meta = json.loads((tmp_path / "detector-off.json").read_text())["meta"]
+    assert meta["compile"] == "off" and meta["autocast"] == "off"
+    assert "### compile = off" in report and "Best at S = 3" in report and "3 passed" in report
+    assert "No pipeline benchmark ran" in report
+    assert report_main([str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+
+
+def test_unknown_compile_mode_is_refused(tiny_bundle):
+    import pytest
+
+    from worker.core.detector import Detector
+    with pytest.raises(ValueError, match="compile mode"):
+        Detector.from_pretrained(tiny_bundle, "cpu").compile_networks("fastest")

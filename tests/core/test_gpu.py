@@ -44,3 +44,11 @@ def test_cuda_prepared_arrays_match_images(tiny_bundle):
     assert gpu.to_pixels(good).is_pinned()
     arrays = [model_input(image, gpu.image_size) for image in good]
     np.testing.assert_allclose(gpu.predict(good).pred_score, gpu.predict(arrays).pred_score, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_compiled_detector_scores_like_eager(tiny_bundle):
+    """torch.compile (what `invad bench --compile` measures) must not change the scores."""
+    eager = Detector.from_pretrained(tiny_bundle, "cuda")
+    compiled = Detector.from_pretrained(tiny_bundle, "cuda").compile_networks("default")
+    good, _ = make_texture_images(8, seed=204)
+    np.testing.assert_allclose(eager.predict(good).pred_score, compiled.predict(good).pred_score, rtol=0.05, atol=0.05)

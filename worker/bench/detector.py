@@ -168,10 +168,16 @@ def build(model: str | None, image_size: int, device: str | None) -> Detector:
 def run(args: Any) -> int:
     """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
     detector = build(args.model, args.image_size, args.device)
+    compile_mode = getattr(args, "compile", "off")
+    if compile_mode != "off":
+        detector.compile_networks(compile_mode)
     images = bench_images(max(args.batch_sizes), detector.config.image_size)
     rows = benchmark(detector, images, args.batch_sizes, args.steps, args.repeats)
     ratios = ratio_summary(rows, detector.config.steps)
     write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
+                           "compile": compile_mode, "image_size": detector.config.image_size,
+                           "autocast": "bf16" if detector.device.type == "cuda" else "off",
+                           "channels_last": detector.device.type == "cuda",
                            "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})
     print(format_table(rows), end="")
     for r in ratios:
