@@ -25,6 +25,7 @@ import structlog
 
 from .backoff import backoff_delay
 from .config import WorkerConfig, add_config_arguments, parse_models
+from .drift import DriftSink
 from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown, Misconfigured
 from .fetch import Fetcher
@@ -135,15 +136,22 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
     registry = registry or ModelRegistry.load(config.models, config.device)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
-    sinks = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
+    sinks: list[Any] = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
     fetcher = Fetcher.from_config(config)
     closers: list[Callable[[], None]] = [fetcher.close, redis_sink.close, s3_sink.close]
+    if config.drift_watch:  # last: it reads what the batch scored, and its own failure retries like any sink's
+        drift_sink = DriftSink.from_config(config, registry)
+        sinks.append(drift_sink)
+        closers.append(drift_sink.close)
     try:
         # Each dependency is checked before the first message: an outage is waited out, a refusal of
         # our configuration (credentials, bucket, topic, permissions) exits at once with the fix.
         if not _until_up("s3 bucket", lambda: s3_sink.check(config.worker_id) or True, stop, config.backoff_max_s):
             return 0
         if not _until_up("redis", lambda: redis_sink.check() or True, stop, config.backoff_max_s):
+            return 0
+        if config.drift_watch and not _until_up("redis", lambda: drift_sink.check() or True, stop,
+                                                config.backoff_max_s):
             return 0
         dead_letters = _until_up("dlq producer", lambda: KafkaDeadLetters(config), stop, config.backoff_max_s)
         if dead_letters is None:

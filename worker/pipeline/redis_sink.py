@@ -38,7 +38,7 @@ _REFUSED = (rerrors.AuthenticationError, rerrors.AuthenticationWrongNumberOfArgs
             rerrors.NoPermissionError)
 
 
-def _misconfigured(error: BaseException) -> Misconfigured:
+def misconfigured_redis(error: BaseException) -> Misconfigured:
     text = str(error)
     if isinstance(error, rerrors.NoPermissionError) or "NOPERM" in text.upper():
         return Misconfigured("redis", f"the Redis user may not run a command the worker needs ({text})",
@@ -52,15 +52,23 @@ def _misconfigured(error: BaseException) -> Misconfigured:
                          "check INVAD_REDIS_URL and the server's configuration")
 
 
-def _classified(error: BaseException) -> Exception | None:
-    """What a Redis failure means for the worker: Misconfigured for a refusal of who we are or what we
-    may do, DependencyDown for an outage or a server-state reply, None for anything else."""
+def classify_redis_error(error: BaseException) -> Exception | None:
+    """What a Redis failure means for the worker (and ``invad alerts``): Misconfigured for a refusal of
+    who we are or what we may do, DependencyDown for an outage or a server-state reply, None for
+    anything else."""
     if isinstance(error, _REFUSED):
-        return _misconfigured(error)
+        return misconfigured_redis(error)
     if isinstance(error, _TRANSIENT) or (isinstance(error, rerrors.ResponseError)
                                          and str(error).upper().startswith(_TRANSIENT_REPLIES)):
         return DependencyDown("redis", f"{type(error).__name__}: {error}")
     return None
+
+
+def redis_client(url: str, socket_timeout_s: float = 5.0) -> redis.Redis:
+    """A client that makes one attempt per command: the caller owns retries and backoff, and must
+    bound each attempt. Connects lazily, at the first command."""
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
+                                health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
 
 
 class RedisSink:
@@ -70,10 +78,7 @@ class RedisSink:
         """``layout``: a :class:`schemas.RedisLayout` (prefix, TTL, trim sizes). The connection is made
         lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
         self.layout = layout
-        # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
-        self._client = client or redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
-            health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
+        self._client = client or redis_client(url, socket_timeout_s)
         self._alert = self._client.register_script(ALERT_ONCE_LUA)
         self._pending: dict[str, ScoredImage] = {}
 
@@ -120,7 +125,7 @@ class RedisSink:
             pipe.execute()
         except rerrors.RedisError as error:
             # A refusal means credentials or ACL changed under us: exit, and fail fast at the restart.
-            meaning = _classified(error)
+            meaning = classify_redis_error(error)
             if meaning is None:
                 raise
             raise meaning from error
@@ -142,7 +147,7 @@ class RedisSink:
             self._client.script_load(ALERT_ONCE_LUA)
             self._client.delete(probe)
         except rerrors.RedisError as error:
-            raise (_classified(error) or _misconfigured(error)) from error
+            raise (classify_redis_error(error) or misconfigured_redis(error)) from error
 
     def close(self) -> None:
         try:
