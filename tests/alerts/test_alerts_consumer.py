@@ -185,3 +185,13 @@ def test_max_alerts_stops_after_that_many(redis_url, redis_client, stream_names)
 def test_webhook_urls_are_checked(url):
     with pytest.raises(ValueError, match="not an http"):
         webhook(url)
+
+
+def test_a_deleted_stream_is_waited_out_and_its_group_created_again(redis_url, redis_client, stream_names):
+    alerts = make_stream(redis_url, stream_names)
+    redis_client.delete(stream_names[0])  # someone deleted the stream, group and all
+    redis_client.xadd(stream_names[0], anomaly_fields(1))  # and a worker wrote a new alert
+    out = io.StringIO()
+    stats = consume(alerts, PrintDelivery(out))
+    assert [json.loads(line)["image_id"] for line in out.getvalue().splitlines()] == ["line-1/img_0001.png"]
+    assert stats.delivered == 1

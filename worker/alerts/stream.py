@@ -11,8 +11,8 @@ from typing import Any, Callable, TypeVar
 
 import redis.exceptions as rerrors
 
-from worker.pipeline.errors import Misconfigured
-from worker.pipeline.redis_sink import classify_redis_error, redis_client
+from worker.pipeline.errors import DependencyDown, Misconfigured
+from worker.pipeline.redis_sink import classify_redis_error, close_client, redis_client
 
 Entry = tuple[str, dict]  # (stream id, field map as redis-py returns it: bytes -> bytes)
 T = TypeVar("T")
@@ -43,19 +43,26 @@ class AlertStream:
             if isinstance(error, rerrors.ResponseError) and str(error).startswith("WRONGTYPE"):
                 raise Misconfigured("redis", f"{self.stream} is not a stream ({error})",
                                     "point --stream (or --prefix) at the workers' alert stream") from error
+            if isinstance(error, rerrors.ResponseError) and str(error).startswith("NOGROUP"):
+                # The stream was deleted (and maybe re-created by a worker): none of its entries reached
+                # this group, so the group starts again at the oldest; the caller retries after a backoff.
+                self._call(lambda: self._create_group("0"))
+                raise DependencyDown("redis", f"group {self.group} of {self.stream} had vanished (stream deleted?); "
+                                              "created it again") from error
             raise
 
     def ensure_group(self, start: str) -> bool:
         """Create the group (and an empty stream) unless it exists; ``start`` "$" (only new alerts) or "0"
         (everything the stream still holds). Returns True when it was created."""
-        def create() -> bool:
-            try:
-                return bool(self._client.xgroup_create(self.stream, self.group, id=start, mkstream=True))
-            except rerrors.ResponseError as error:
-                if str(error).startswith("BUSYGROUP"):
-                    return False
-                raise
-        return self._call(create)
+        return self._call(lambda: self._create_group(start))
+
+    def _create_group(self, start: str) -> bool:
+        try:
+            return bool(self._client.xgroup_create(self.stream, self.group, id=start, mkstream=True))
+        except rerrors.ResponseError as error:
+            if str(error).startswith("BUSYGROUP"):
+                return False
+            raise
 
     def read_own_pending(self, after: str, count: int) -> list[Entry]:
         """Entries delivered to this consumer name and never acknowledged (a previous run's in-flight ones),
@@ -101,10 +108,7 @@ class AlertStream:
         self._call(self._client.ping)
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - shutting down
-            pass
+        close_client(self._client)
 
     @staticmethod
     def _entries(reply: Any) -> list[Entry]:

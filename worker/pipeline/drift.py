@@ -39,7 +39,7 @@ import structlog
 
 from schemas import DRIFT_ONCE_LUA, DriftEntry, RedisLayout, drift_event_id
 
-from .redis_sink import classify_redis_error, misconfigured_redis, redis_client
+from .redis_sink import check_at_start, classify_redis_error, close_client, redis_client
 from .sinks import ScoredImage
 
 log = structlog.get_logger("invad.pipeline.drift")
@@ -211,9 +211,8 @@ class DriftSink:
             window.add(record.image_id, float(record.score), bool(record.is_anomaly))
             touched[key] = baseline
         threshold = {(r.line_id, r.product): float(r.threshold) for r in self._pending.values()}
-        testable = [key for key in touched if len(self._windows[key].items) >= self.settings.min_count]
         try:
-            self._load_states([key for key in testable if key not in self._states])
+            self._load_states([key for key in touched if key not in self._states])
             for key in sorted(touched):
                 self._evaluate(key, touched[key], threshold[key])
         except rerrors.RedisError as error:
@@ -232,21 +231,15 @@ class DriftSink:
             Misconfigured: Redis refused the credentials or the commands.
         """
         probe = f"{self.layout.prefix}:probe:drift"
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(probe, "state", OK)
-            pipe.hget(probe, "state")
-            pipe.delete(probe)
-            pipe.execute()
+
+        def commands() -> None:
+            self._client.pipeline(transaction=False).hset(probe, "state", OK).hget(probe, "state").delete(probe) \
+                .execute()
             self._client.script_load(DRIFT_ONCE_LUA)
-        except rerrors.RedisError as error:
-            raise (classify_redis_error(error) or misconfigured_redis(error)) from error
+        check_at_start(commands)
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception as error:  # noqa: BLE001 - shutting down
-            log.warning("redis_close_failed", error=repr(error))
+        close_client(self._client)
 
     # -- internals ----------------------------------------------------------------------------------
     def _baseline(self, record: Any) -> Baseline | None:
@@ -285,7 +278,7 @@ class DriftSink:
         expected = baseline.target_fpr
         if calibration is not None:  # an F1-max threshold may flag more normals than the target rate
             expected = max(expected, float((calibration > threshold).mean()))
-        state = self._states.get(key, OK)  # read from Redis once the window is testable
+        state = self._states[key]
         status = DriftStatus(line_id, product, state, int(scores.size), flagged, expected,
                              model_version=baseline.version)
         if scores.size >= self.settings.min_count:
@@ -320,4 +313,4 @@ class DriftSink:
             "drift_state_changed", line_id=status.line_id, product=status.product, state=new_state,
             previous_state=status.state, tests=list(entry.tests), window=status.window, flagged=status.flagged,
             expected_fpr=status.expected_fpr, flag_rate_p=status.flag_rate_p, score_shift_p=status.score_shift_p,
-            alert_id=added.decode() if isinstance(added, bytes) else added)
+            alert_id=added.decode() if isinstance(added, bytes) else added, already_recorded=added is None)

@@ -11,7 +11,7 @@ per batch.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis
 import redis.exceptions as rerrors
@@ -69,6 +69,27 @@ def redis_client(url: str, socket_timeout_s: float = 5.0) -> redis.Redis:
     bound each attempt. Connects lazily, at the first command."""
     return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
                                 health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
+
+
+def check_at_start(probe: Callable[[], Any]) -> None:
+    """Run a start-up probe of the Redis commands a component needs.
+
+    Raises:
+        DependencyDown: Redis is unreachable or loading (the caller waits and retries).
+        Misconfigured: Redis refused the credentials or the commands.
+    """
+    try:
+        probe()
+    except rerrors.RedisError as error:
+        raise (classify_redis_error(error) or misconfigured_redis(error)) from error
+
+
+def close_client(client: Any) -> None:
+    """Close a client; never raises (shutting down with Redis gone is normal)."""
+    try:
+        client.close()
+    except Exception as error:  # noqa: BLE001 - shutting down
+        log.warning("redis_close_failed", error=repr(error))
 
 
 class RedisSink:
@@ -142,15 +163,12 @@ class RedisSink:
             Misconfigured: Redis refused the credentials or the commands.
         """
         probe = f"{self.layout.prefix}:probe"
-        try:
+
+        def commands() -> None:
             self._client.set(probe, "1", ex=60)
             self._client.script_load(ALERT_ONCE_LUA)
             self._client.delete(probe)
-        except rerrors.RedisError as error:
-            raise (classify_redis_error(error) or misconfigured_redis(error)) from error
+        check_at_start(commands)
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception as error:  # noqa: BLE001 - shutting down
-            log.warning("redis_close_failed", error=repr(error))
+        close_client(self._client)
