@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,7 +167,8 @@ class DriftSink:
         self._pending: dict[str, Any] = {}  # image_id -> ScoreRecord
         self._windows: dict[tuple[str, str], _Window] = {}
         self._states: dict[tuple[str, str], str] = {}  # as stored in Redis, read at first sight
-        self._status: dict[tuple[str, str], DriftStatus] = {}
+        self._status: dict[tuple[str, str], DriftStatus] = {}  # read by a metrics thread: under _lock
+        self._lock = threading.Lock()
         self._baselines: dict[str, Baseline | None] = {}
         self._warned: set[tuple[str, str]] = set()
 
@@ -178,8 +180,10 @@ class DriftSink:
 
     # -- the gauge hook -----------------------------------------------------------------------------
     def statuses(self) -> list[DriftStatus]:
-        """The latest status of every (line, product) this worker has seen, sorted by line and product."""
-        return [self._status[key] for key in sorted(self._status)]
+        """The latest status of every (line, product) this worker has seen, sorted by line and product;
+        safe to call from any thread (a gauge: ``invad_drift_state{line_id, product} = status.drifting``)."""
+        with self._lock:
+            return [self._status[key] for key in sorted(self._status)]
 
     # -- the sink -----------------------------------------------------------------------------------
     def write(self, batch: Sequence[ScoredImage]) -> None:
@@ -292,7 +296,8 @@ class DriftSink:
             if new_state != state:
                 self._publish(status, new_state)
                 state = new_state
-        self._status[key] = dataclasses.replace(status, state=state)
+        with self._lock:
+            self._status[key] = dataclasses.replace(status, state=state)
 
     def _publish(self, status: DriftStatus, new_state: str) -> None:
         since = datetime.now(timezone.utc)
