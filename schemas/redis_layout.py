@@ -6,6 +6,7 @@ Keys, for prefix "invad":
     invad:line:{line_id}:top      sorted set: image_id scored by score, highest top_max kept
     invad:alerts                  stream of AlertEntry field maps, MAXLEN ~ alerts_maxlen
     invad:alerted:{image_id}      string: stream id of the image's alert, EX record_ttl_s (exactly-once marker)
+    invad:drift:{line_id}:{product}  hash: drift state of a line and product (DriftEntry.status_fields), no TTL
 
 This module builds names and holds the alert script; it never talks to Redis.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .image_ref import IMAGE_ID_RE, LINE_ID_RE
+from .image_ref import IMAGE_ID_RE, LINE_ID_RE, PRODUCT_RE
 
 # The defaults of every deployment setting of the layout; the worker's configuration takes them from here.
 DEFAULT_PREFIX = "invad"
@@ -38,6 +39,24 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
+return id
+"""
+
+# Records a drift state change at most once (compare-and-set on the stored state): the status hash is
+# written and the drift entry added only when the stored state (absent = "ok") differs from the new
+# one, so a replayed batch, a restarted worker or a second worker seeing the same change adds nothing.
+#   KEYS[1] = drift_key(line_id, product), KEYS[2] = alerts_key
+#   ARGV[1] = new state, ARGV[2] = approximate stream MAXLEN, ARGV[3] = N status field/value pairs,
+#   ARGV[4 .. 3 + 2N] = status pairs, the rest = alert entry field/value pairs
+# Returns the new stream id, or false (nil) when the stored state is already the new one.
+DRIFT_ONCE_LUA = """
+local current = redis.call('HGET', KEYS[1], 'state') or 'ok'
+if current == ARGV[1] then
+  return false
+end
+local n = tonumber(ARGV[3])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4 + 2 * n))
+redis.call('HSET', KEYS[1], 'alert_id', id, unpack(ARGV, 4, 3 + 2 * n))
 return id
 """
 
@@ -100,6 +119,21 @@ class RedisLayout:
     def alerted_key(self, image_id: str) -> str:
         """Marker holding the stream id of ``image_id``'s alert; its presence means 'already alerted'."""
         return f"{self.prefix}:alerted:{_checked(IMAGE_ID_RE, 'image_id', image_id)}"
+
+    def drift_key(self, line_id: str, product: str) -> str:
+        """Hash of the drift state of ``line_id`` and ``product`` (products hold no ':', so it parses back)."""
+        return (f"{self.prefix}:drift:{_checked(LINE_ID_RE, 'line_id', line_id)}:"
+                f"{_checked(PRODUCT_RE, 'product', product)}")
+
+    def drift_script_args(self, line_id: str, product: str, state: str, status: dict[str, str],
+                          fields: dict[str, str]) -> tuple[list[str], list[str]]:
+        """(keys, args) for DRIFT_ONCE_LUA: the change of ``line_id``/``product`` to ``state``, with the
+        status hash fields ``status`` and the alert entry ``fields`` (DriftEntry.status_fields/to_fields)."""
+        args = [state, str(self.alerts_maxlen), str(len(status))]
+        for mapping in (status, fields):
+            for name, value in mapping.items():
+                args.extend((name, value))
+        return [self.drift_key(line_id, product), self.alerts_key], args
 
     def alert_script_args(self, image_id: str, fields: dict[str, str]) -> tuple[list[str], list[str]]:
         """(keys, args) for ALERT_ONCE_LUA adding ``fields`` (AlertEntry.to_fields()) for ``image_id``."""

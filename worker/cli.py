@@ -1,4 +1,4 @@
-"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, topics, work (pipeline).
+"""The ``invad`` command: train, score, eval, bench, demo (detector), produce, topics, work (pipeline) and alerts.
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
 names it and how to fix it. torch is imported only inside the subcommands that need it.
@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     work = sub.add_parser("work", help="run the streaming worker (Kafka, or embedded with --source)")
     work_cli.add_arguments(work)
     work.set_defaults(run=work_cli.run)
+    from .alerts import cli as alerts_cli
+
+    alerts = sub.add_parser("alerts", help="consume the Redis alert stream: print each alert or POST it to a webhook")
+    alerts_cli.add_arguments(alerts)
+    alerts.set_defaults(run=alerts_cli.run)
     return parser
 
 

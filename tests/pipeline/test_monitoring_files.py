@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -15,8 +16,6 @@ from worker.pipeline.metrics import WorkerMetrics
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "invad-rules.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "invad-dashboard.json"
-# Exported by other parts of the worker than metrics.py: name -> its labels.
-EXTERNAL = {"invad_drift_state": {"line_id", "product"}}  # the drift watch (issue 10, item 4)
 # Added by Prometheus to every scraped series, or by histogram_quantile's input.
 SCRAPE_LABELS = {"instance", "job", "namespace", "pod", "le"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
@@ -31,6 +30,7 @@ def exported() -> dict[str, set[str]]:
     metrics.scored("L", "p", flagged=True)
     metrics.dead_lettered("invalid_json", None, None)
     metrics.watch_lag(lambda: {("topic", 0): 1})
+    metrics.watch_drift(lambda: [SimpleNamespace(line_id="L", product="p", drifting=True)])
     metrics.model.labels("*").info({"model_name": "m", "model_version": "1"})
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
@@ -39,7 +39,7 @@ def exported() -> dict[str, set[str]]:
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels)
     names["invad_gpu_memory_bytes"] = {"device", "kind"}  # only on CUDA
-    return {**names, **EXTERNAL}
+    return names
 
 
 def check_expr(expr: str, known: dict[str, set[str]], where: str) -> None:

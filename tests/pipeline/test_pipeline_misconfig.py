@@ -73,7 +73,7 @@ def test_least_privilege_redis_user_passes_the_check(kenv, registry, redis_user)
     client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=[f"{kenv.prefix}:*"],
                        commands=["+ping", "+get", "+set", "+del", "+expire", "+zadd", "+zremrangebyrank",
                                  "+multi", "+exec", "+discard", "+evalsha", "+eval", "+script|load", "+xadd",
-                                 "+exists", "+script|exists"])
+                                 "+exists", "+script|exists", "+hget", "+hset"])
     images = texture_pngs(3, 3, seed=31)
     upload_images(kenv, images)
     produce(kenv, refs_for(kenv, images))

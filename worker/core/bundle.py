@@ -6,6 +6,7 @@
       denoiser/config.json              FeatureDenoiser (diffusers ModelMixin/ConfigMixin)
       denoiser/diffusion_pytorch_model.safetensors
       scheduler/scheduler_config.json   the training noise schedule (diffusers DDIMScheduler)
+      calibration_scores.json           optional: each class's calibration normals' image scores (drift watch)
 
 This module reads and writes the format; assembling a detector from it is
 :meth:`worker.core.detector.Detector.from_pretrained`'s job. Anything missing, corrupt or of a newer
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -42,6 +44,9 @@ TENSORS_FILE = "detector.safetensors"
 DENOISER_DIR = "denoiser"
 DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 SCHEDULER_DIR = "scheduler"
+# Optional, so bundles written before it load unchanged (without it the drift watch's score test is off);
+# not part of the version hash, which stays that of the weights.
+CALIBRATION_FILE = "calibration_scores.json"
 REQUIRED = (CONFIG_FILE, TENSORS_FILE, f"{DENOISER_DIR}/config.json", f"{DENOISER_DIR}/{DENOISER_WEIGHTS}",
             f"{SCHEDULER_DIR}/scheduler_config.json")
 
@@ -63,6 +68,7 @@ class BundleContents:
     scheduler_config: dict
     alphas_cumprod: torch.Tensor  # (T,)
     version: str
+    calibration_scores: dict[str, tuple[float, ...]] | None = None  # class -> calibration normals' scores
 
 
 def _read_json(path: Path) -> dict:
@@ -112,10 +118,12 @@ def _schedule_args(scheduler_config: dict) -> dict:
 
 
 def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[str, torch.Tensor],
-                denoiser: FeatureDenoiser, scheduler_config: dict) -> str:
+                denoiser: FeatureDenoiser, scheduler_config: dict,
+                calibration_scores: dict[str, tuple[float, ...]] | None = None) -> str:
     """Write a bundle folder at ``path``, replacing any bundle there (see the module docstring).
 
     ``tensors``: the detector's state dict less the denoiser (fitted statistics, backbone weights).
+    ``calibration_scores``: class -> image scores of its calibration normals (written when given).
     Returns the new bundle's version.
     """
     path = Path(path)
@@ -128,6 +136,9 @@ def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[s
         save_file(cpu, str(staging / TENSORS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         denoiser.save_pretrained(staging / DENOISER_DIR, safe_serialization=True)
         make_scheduler(**_schedule_args(scheduler_config)).save_pretrained(staging / SCHEDULER_DIR)
+        if calibration_scores is not None:
+            scores = {name: [float(v) for v in values] for name, values in calibration_scores.items()}
+            (staging / CALIBRATION_FILE).write_text(json.dumps({"scores": scores}) + "\n")
         _swap_in(staging, path)
     except BaseException:
         if not path.exists() and _complete(aside):  # the new one could not be renamed in: put the old back
@@ -183,7 +194,25 @@ def load_bundle(path: str | os.PathLike) -> BundleContents:
         raise BundleError(f"{folder / DENOISER_DIR} cannot be loaded: {error}") from error
     alphas_cumprod = make_scheduler(**_schedule_args(scheduler_config)).alphas_cumprod
     return BundleContents(folder, config, tensors, denoiser, scheduler_config, alphas_cumprod,
-                          bundle_version(folder))
+                          bundle_version(folder), _calibration_scores(folder, config))
+
+
+def _calibration_scores(folder: Path, config: DetectorConfig) -> dict[str, tuple[float, ...]] | None:
+    """The optional calibration scores, checked: a list of finite numbers for each class, or None."""
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    scores = _read_json(path).get("scores")
+    if not isinstance(scores, dict) or set(scores) != set(config.classes):
+        raise BundleError(f"{path} must hold {{\"scores\": {{class: [numbers]}}}} for the classes "
+                          f"{list(config.classes)}; re-export the bundle with `invad calibrate`")
+    out = {}
+    for name, values in scores.items():
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise BundleError(f"{path}: the scores of class {name!r} must be a non-empty list of finite numbers")
+        out[name] = tuple(float(v) for v in values)
+    return out
 
 
 def restore_tensors(module: nn.Module, contents: BundleContents, skip_prefix: str) -> None:

@@ -77,6 +77,9 @@ class Detector(nn.Module):
         self.register_buffer("thresholds", torch.full((k,), float("inf")))
         self.register_buffer("gauss_mean", torch.zeros(k, c, g, g))
         self.register_buffer("gauss_std", torch.ones(k, c, g, g))
+        # class -> image scores of the held-out calibration normals (set by calibrate(); None for a bundle
+        # saved before they were stored): the drift watch compares live scores with them.
+        self.calibration_scores: dict[str, tuple[float, ...]] | None = None
         self.version = "unsaved"
         self.eval()
 
@@ -267,6 +270,7 @@ class Detector(nn.Module):
                        contents.scheduler_config)
         restore_tensors(detector, contents, skip_prefix="denoiser.")
         detector.version = contents.version
+        detector.calibration_scores = contents.calibration_scores
         detector.to(torch_device)
         if torch_device.type == "cuda":
             detector.extractor.to(memory_format=torch.channels_last)
@@ -282,4 +286,5 @@ class Detector(nn.Module):
             raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal "
                               "images before saving, e.g. with worker.core.train.calibrate")
         tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("denoiser.")}
-        self.version = save_bundle(path, self.config, tensors, self.denoiser, self.scheduler_config)
+        self.version = save_bundle(path, self.config, tensors, self.denoiser, self.scheduler_config,
+                                   self.calibration_scores)

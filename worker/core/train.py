@@ -240,8 +240,10 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
         mean, std = fit_standardiser(values[labels == k])
         detector.calib_mean[k], detector.calib_std[k] = mean.to(detector.device), std.to(detector.device)
     scores = _combined(detector, values, labels)
+    detector.calibration_scores = {}
     for k, name in enumerate(detector.classes):
         chosen = scores[labels.numpy() == k]
+        detector.calibration_scores[name] = tuple(float(v) for v in chosen)
         detector.thresholds[k] = threshold_at_fpr(chosen, detector.config.target_fpr)
         summary[name] = {**describe_threshold(chosen, float(detector.thresholds[k]), detector.config.target_fpr),
                          "threshold": float(detector.thresholds[k])}

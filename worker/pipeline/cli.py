@@ -25,6 +25,7 @@ import structlog
 
 from .backoff import backoff_delay
 from .config import WorkerConfig, add_config_arguments, parse_models
+from .drift import DriftSink
 from .embedded import FolderSink, JsonlDeadLetters, ProgressStore, SqliteSink, StdinSource, folder_source, jsonl_source
 from .errors import DependencyDown, Misconfigured
 from .fetch import Fetcher
@@ -149,9 +150,13 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
     metrics.models_loaded(registry)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
-    sinks = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
+    sinks: list[Any] = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
     fetcher = Fetcher.from_config(config)
     closers: list[Callable[[], None]] = [fetcher.close, redis_sink.close, s3_sink.close]
+    if config.drift_watch:  # last: it reads what the batch scored, and its own failure retries like any sink's
+        drift_sink = DriftSink.from_config(config, registry)
+        sinks.append(drift_sink)
+        closers.append(drift_sink.close)
     try:
         server = HealthServer.start(config, metrics, checks={"redis": redis_sink.ping, "s3": s3_sink.ping}, stop=stop)
         if server is not None:
@@ -166,6 +171,8 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
             return 0
         if not until_up("redis", lambda: redis_sink.check() or True):
             return 0
+        if config.drift_watch and not until_up("redis", lambda: drift_sink.check() or True):
+            return 0
         dead_letters = until_up("dlq producer", lambda: KafkaDeadLetters(config))
         if dead_letters is None:
             return 0
@@ -175,6 +182,8 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
             return 0
         closers.insert(0, source.close)  # first: leave the group before the rest shuts down
         metrics.watch_lag(source.lag)
+        if config.drift_watch:
+            metrics.watch_drift(drift_sink.statuses)
         if not until_up("topics", lambda: source.check_topics() or True):
             return 0
         loop = Loop(source=source, fetcher=fetcher, registry=registry, sinks=sinks, dead_letters=dead_letters,

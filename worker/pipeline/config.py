@@ -66,6 +66,16 @@ def _float(low: float) -> Rule:
     return Rule(parse, f"number >= {low}")
 
 
+def _p_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0.0 < value < 0.5:
+        raise ValueError("must be a probability in (0, 0.5), e.g. 0.0001")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -191,6 +201,7 @@ _DEVICE = Rule(_device, "auto, cpu, cuda, cuda:N or mps")
 _BOOTSTRAP = Rule(_bootstrap, "comma-separated host:port")
 _ADDRESS = Rule(_address, "IP address or host name")
 _PEM_FILE = Rule(lambda text: os.path.expanduser(str(text)), "path of a readable PEM file")
+_P_VALUE = Rule(_p_value, "number in (0, 0.5)")
 
 
 def setting(default: Any, rule: Rule, help: str, *, env: tuple[str, ...] = (), flag: bool = True,
@@ -316,6 +327,14 @@ class WorkerConfig:
     file_roots: tuple[str, ...] = setting((), _ROOTS, "folders file:// URIs may point into (empty: none in "
                                           "kafka mode)")
     s3_allow_buckets: tuple[str, ...] = setting((), _LIST, "buckets s3:// URIs may name (empty: any)")
+    # -- drift watch (kafka mode; worker/pipeline/drift.py) --
+    drift_watch: bool = setting(True, _BOOL, "kafka mode: watch each line and product for drift against the "
+                                "bundle's calibration; a change sets {prefix}:drift:{line}:{product} and adds a drift alert")
+    drift_window: int = setting(500, _int(10, 100_000), "drift window: the newest scored images kept per line and "
+                                "product")
+    drift_min_count: int = setting(100, _int(10, 100_000), "fewest images in a drift window before it is tested")
+    drift_p_value: float = setting(1e-4, _P_VALUE, "a drift test (flag rate, score shift) fires below this p-value; "
+                                   "drift clears when both are above its square root")
     # -- the process --
     worker_id: str = setting(None, _KEYPART, "worker id in records and logs", derived="<hostname>-<pid>")
     backoff_max_s: float = setting(30.0, _float(0.05), "longest backoff while a dependency is down (s)")
@@ -385,6 +404,8 @@ class WorkerConfig:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError(f"{named('heartbeat_interval_ms')}: must be at most a third of "
                              f"{named('session_timeout_ms')}")
+        if self.drift_min_count > self.drift_window:
+            raise ValueError(f"{named('drift_min_count')}: must be at most {named('drift_window')}")
         if self.backoff_max_s * 1000 * 4 > self.max_poll_interval_ms:
             raise ValueError(f"{named('backoff_max_s')}: must be at most a quarter of "
                              f"{named('max_poll_interval_ms')} (in seconds)")

@@ -118,11 +118,13 @@ class WorkerMetrics(NoMetrics):
         self._line, self._product = (_Bounded(name, MAX_LABEL_VALUES[name]) for name in where)
         self._down = _DependencyDown(DEPENDENCIES)
         self._lag_of: Callable[[], dict[tuple[str, int], int]] | None = None
+        self._drift_of: Callable[[], Iterable[Any]] | None = None
         self._last_alive = time.monotonic()  # the start counts as a turn: loading models is not being stuck
         self.models_ok = False
         self.source_ok = False
         r.register(self._down)
         r.register(_Callback(self._collect_lag))
+        r.register(_Callback(self._collect_drift))
         r.register(_Callback(self._collect_loop))
         r.register(_Callback(_collect_gpu))
 
@@ -137,6 +139,11 @@ class WorkerMetrics(NoMetrics):
     def watch_lag(self, lag: Callable[[], dict[tuple[str, int], int]]) -> None:
         """``lag()`` gives ``{(topic, partition): messages behind}`` from a cache, safe from any thread."""
         self._lag_of = lag
+
+    def watch_drift(self, statuses: Callable[[], Iterable[Any]]) -> None:
+        """``statuses()`` gives the drift watch's latest status per (line, product), each with
+        ``line_id``, ``product`` and ``drifting`` (:meth:`DriftSink.statuses`), safe from any thread."""
+        self._drift_of = statuses
 
     def alive_age_s(self) -> float:
         """Seconds since the loop last turned (or since start, before its first turn)."""
@@ -185,6 +192,14 @@ class WorkerMetrics(NoMetrics):
         lag = self._lag_of() if self._lag_of is not None else {}
         for (topic, partition), behind in sorted(lag.items()):
             family.add_metric([topic, str(partition)], behind)
+        yield family
+
+    def _collect_drift(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("invad_drift_state", "1 while a line and product drift from the bundle's "
+                                   "calibration (flag rate or score distribution), 0 while calibrated",
+                                   labels=["line_id", "product"])
+        for status in (self._drift_of() if self._drift_of is not None else ()):
+            family.add_metric([self._line(status.line_id), self._product(status.product)], int(bool(status.drifting)))
         yield family
 
     def _collect_loop(self) -> Iterable[Metric]:

@@ -11,7 +11,7 @@ per batch.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis.exceptions as rerrors
 import structlog
@@ -38,7 +38,7 @@ _REFUSED = (rerrors.AuthenticationError, rerrors.AuthenticationWrongNumberOfArgs
             rerrors.NoPermissionError)
 
 
-def _misconfigured(error: BaseException) -> Misconfigured:
+def misconfigured_redis(error: BaseException) -> Misconfigured:
     text = str(error)
     if isinstance(error, rerrors.NoPermissionError) or "NOPERM" in text.upper():
         return Misconfigured("redis", f"the Redis user may not run a command the worker needs ({text})",
@@ -52,15 +52,52 @@ def _misconfigured(error: BaseException) -> Misconfigured:
                          "check INVAD_REDIS_URL and the server's configuration")
 
 
-def _classified(error: BaseException) -> Exception | None:
-    """What a Redis failure means for the worker: Misconfigured for a refusal of who we are or what we
-    may do, DependencyDown for an outage or a server-state reply, None for anything else."""
+def classify_redis_error(error: BaseException) -> Exception | None:
+    """What a Redis failure means for the worker (and ``invad alerts``): Misconfigured for a refusal of
+    who we are or what we may do, DependencyDown for an outage or a server-state reply, None for
+    anything else."""
     if isinstance(error, _REFUSED):
-        return _misconfigured(error)
+        return misconfigured_redis(error)
     if isinstance(error, _TRANSIENT) or (isinstance(error, rerrors.ResponseError)
                                          and str(error).upper().startswith(_TRANSIENT_REPLIES)):
         return DependencyDown("redis", f"{type(error).__name__}: {error}")
     return None
+
+
+def worker_client(url: str, socket_timeout_s: float = 5.0, tls: dict[str, str | None] | None = None) -> Any:
+    """A client (TLS files from ``redis_client.tls_settings`` for a rediss:// URL) that makes one
+    attempt per command: the caller owns retries and backoff, and must bound each attempt. Connects
+    lazily, at the first command."""
+    return redis_client.connect(url, tls, socket_timeout=socket_timeout_s,
+                                socket_connect_timeout=min(2.0, socket_timeout_s), health_check_interval=15,
+                                retry=Retry(NoBackoff(), 0), retry_on_error=[])
+
+
+def check_at_start(probe: Callable[[], Any], url: str | None = None) -> None:
+    """Run a start-up probe of the Redis commands a component needs.
+
+    Raises:
+        DependencyDown: Redis is unreachable or loading (the caller waits and retries).
+        Misconfigured: Redis refused the credentials, the commands or our TLS settings (a
+            certificate not trusted, TLS on one side only).
+    """
+    try:
+        probe()
+    except rerrors.RedisError as error:
+        meaning = classify_redis_error(error)
+        # A connection that fails because of TLS looks like an outage to redis-py: ask why.
+        if url and isinstance(meaning, DependencyDown) and isinstance(error, rerrors.ConnectionError):
+            refused = redis_client.tls_refusal(error, url)
+            meaning = Misconfigured("redis", *refused) if refused else meaning
+        raise (meaning or misconfigured_redis(error)) from error
+
+
+def close_client(client: Any) -> None:
+    """Close a client; never raises (shutting down with Redis gone is normal)."""
+    try:
+        client.close()
+    except Exception as error:  # noqa: BLE001 - shutting down
+        log.warning("redis_close_failed", error=repr(error))
 
 
 class RedisSink:
@@ -73,10 +110,7 @@ class RedisSink:
         made lazily, so a Redis that is down at start is handled by the loop's retry like any other outage."""
         self.layout = layout
         self._url = url
-        # One attempt per command: the loop owns retries and backoff, and must bound each attempt.
-        self._client = client or redis_client.connect(
-            url, tls, socket_timeout=socket_timeout_s, socket_connect_timeout=min(2.0, socket_timeout_s),
-            health_check_interval=15, retry=Retry(NoBackoff(), 0), retry_on_error=[])
+        self._client = client or worker_client(url, socket_timeout_s, tls)
         self._alert = self._client.register_script(ALERT_ONCE_LUA)
         self._pending: dict[str, ScoredImage] = {}
 
@@ -123,7 +157,7 @@ class RedisSink:
             pipe.execute()
         except rerrors.RedisError as error:
             # A refusal means credentials or ACL changed under us: exit, and fail fast at the restart.
-            meaning = _classified(error)
+            meaning = classify_redis_error(error)
             if meaning is None:
                 raise
             raise meaning from error
@@ -141,17 +175,12 @@ class RedisSink:
                 certificate not trusted, TLS on one side only).
         """
         probe = f"{self.layout.prefix}:probe"
-        try:
+
+        def commands() -> None:
             self._client.set(probe, "1", ex=60)
             self._client.script_load(ALERT_ONCE_LUA)
             self._client.delete(probe)
-        except rerrors.RedisError as error:
-            meaning = _classified(error)
-            # A connection that fails because of TLS looks like an outage to redis-py: ask why.
-            if isinstance(meaning, DependencyDown) and isinstance(error, rerrors.ConnectionError):
-                refused = redis_client.tls_refusal(error, self._url)
-                meaning = Misconfigured("redis", *refused) if refused else meaning
-            raise (meaning or _misconfigured(error)) from error
+        check_at_start(commands, self._url)
 
     def ping(self) -> bool:
         """True when Redis answers a PING (the readiness check; any failure is False, never raised)."""
@@ -161,7 +190,4 @@ class RedisSink:
             return False
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception as error:  # noqa: BLE001 - shutting down
-            log.warning("redis_close_failed", error=repr(error))
+        close_client(self._client)
