@@ -155,7 +155,7 @@ appendonly no
 databases 16
 user default off
 user invad-admin on >$(secret REDIS_ADMIN_PASSWORD) ~* &* +@all
-user invad-worker on >$(secret REDIS_WORKER_PASSWORD) ~$REDIS_PREFIX_PATTERN +ping +get +set +del +exists +expire +zadd +zremrangebyrank +multi +exec +discard +eval +evalsha +script|load +script|exists +xadd
+user invad-worker on >$(secret REDIS_WORKER_PASSWORD) ~$REDIS_PREFIX_PATTERN +ping +get +set +del +exists +expire +zadd +zremrangebyrank +multi +exec +discard +eval +evalsha +script|load +script|exists +xadd +hget +hset
 EOF
   chmod 600 "$rd/redis.conf"
   launch redis "$LOG_DIR/redis.log" redis-server "$rd/redis.conf"

@@ -66,14 +66,28 @@ def test_redis_user_without_scripting_exits_3(kenv, registry, redis_user, capsys
     assert "may not run" in err and password not in err
 
 
+def documented_worker_acl() -> list[str]:
+    """The commands of the least-privilege ``ACL SETUSER`` in deploy/README.md (one source for the tests)."""
+    import re
+    text = (REPO / "deploy" / "README.md").read_text()
+    block = re.search(r"ACL SETUSER invad-worker(.*?)```", text, re.S)
+    assert block, "deploy/README.md lost its least-privilege ACL SETUSER block"
+    return [word for word in block.group(1).split() if word.startswith("+")]
+
+
+def test_the_secure_test_redis_grants_the_documented_acl():
+    """scripts/secure_services.sh's worker user is the documented one, so the TLS tests prove that ACL."""
+    script = (REPO / "scripts" / "secure_services.sh").read_text()
+    line = next(line for line in script.splitlines() if line.startswith("user invad-worker on"))
+    assert sorted(w for w in line.split() if w.startswith("+")) == sorted(documented_worker_acl())
+
+
 def test_least_privilege_redis_user_passes_the_check(kenv, registry, redis_user):
     """The ACL that deploy/README.md documents is enough: the start-up check passes and records and
     alerts (MULTI/EXEC, the alert script) go through under it."""
     client, name, password = redis_user
     client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=[f"{kenv.prefix}:*"],
-                       commands=["+ping", "+get", "+set", "+del", "+expire", "+zadd", "+zremrangebyrank",
-                                 "+multi", "+exec", "+discard", "+evalsha", "+eval", "+script|load", "+xadd",
-                                 "+exists", "+script|exists", "+hget", "+hset"])
+                       commands=documented_worker_acl())
     images = texture_pngs(3, 3, seed=31)
     upload_images(kenv, images)
     produce(kenv, refs_for(kenv, images))
