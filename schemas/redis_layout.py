@@ -6,6 +6,9 @@ Keys, for prefix "invad":
     invad:line:{line_id}:top      sorted set: image_id scored by score, highest top_max kept
     invad:alerts                  stream of AlertEntry field maps, MAXLEN ~ alerts_maxlen
     invad:alerted:{image_id}      string: stream id of the image's alert, EX record_ttl_s (exactly-once marker)
+    invad:model:{product}:active  string: the product's active model version (JSON pointer), no TTL
+    invad:model:{product}:history list: activations, newest first (the first is the active one), no TTL
+    invad:model:products          set: products that have an active version, no TTL
 
 This module builds names and holds the alert script; it never talks to Redis.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .image_ref import IMAGE_ID_RE, LINE_ID_RE
+from .image_ref import IMAGE_ID_RE, LINE_ID_RE, PRODUCT_RE
 
 # The defaults of every deployment setting of the layout; the worker's configuration takes them from here.
 DEFAULT_PREFIX = "invad"
@@ -100,6 +103,19 @@ class RedisLayout:
     def alerted_key(self, image_id: str) -> str:
         """Marker holding the stream id of ``image_id``'s alert; its presence means 'already alerted'."""
         return f"{self.prefix}:alerted:{_checked(IMAGE_ID_RE, 'image_id', image_id)}"
+
+    def model_active_key(self, product: str) -> str:
+        """The pointer to ``product``'s active model version (``invad models activate``); workers poll it."""
+        return f"{self.prefix}:model:{_checked(PRODUCT_RE, 'product', product)}:active"
+
+    def model_history_key(self, product: str) -> str:
+        """``product``'s activations, newest first; ``invad models rollback`` returns to the second."""
+        return f"{self.prefix}:model:{_checked(PRODUCT_RE, 'product', product)}:history"
+
+    @property
+    def model_products_key(self) -> str:
+        """Set of the products that have an active version (what INVAD_MODEL_POINTERS=* watches)."""
+        return f"{self.prefix}:model:products"
 
     def alert_script_args(self, image_id: str, fields: dict[str, str]) -> tuple[list[str], list[str]]:
         """(keys, args) for ALERT_ONCE_LUA adding ``fields`` (AlertEntry.to_fields()) for ``image_id``."""

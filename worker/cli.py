@@ -1,4 +1,4 @@
-"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, topics, work (pipeline).
+"""The ``invad`` command: train, score, eval, bench, demo (detector) and produce, topics, work, models (pipeline).
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
 names it and how to fix it. torch is imported only inside the subcommands that need it.
@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     work = sub.add_parser("work", help="run the streaming worker (Kafka, or embedded with --source)")
     work_cli.add_arguments(work)
     work.set_defaults(run=work_cli.run)
+    from .pipeline import models_cli
+
+    models = sub.add_parser("models", help="publish, activate, roll back and list model versions (switched by "
+                            "running workers without a restart)")
+    models_cli.add_arguments(models)
+    models.set_defaults(run=models_cli.run)
     return parser
 
 
