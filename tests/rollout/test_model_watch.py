@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from conftest import invad
+from rollout_helpers import invad
 
 pytestmark = pytest.mark.services
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import invad
+from rollout_helpers import invad
 
 pytestmark = pytest.mark.services
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import invad
+from rollout_helpers import invad
 from helpers import free_port
 from kafka_helpers import (KafkaEnv, WorkerThread, all_committed, produce, refs_for, stored_records, texture_pngs,
                            upload_images, wait_for)
