@@ -10,6 +10,7 @@ import weakref
 import pytest
 
 from rollout_helpers import invad
+from worker.pipeline.models import LiveRegistry
 
 pytestmark = pytest.mark.services
 
@@ -57,7 +58,7 @@ def test_good_versions_switch_bad_ones_are_refused_and_the_old_one_keeps_serving
     client.delete_object(Bucket=bucket, Key=model_env.key("bottle", "incomplete", "bundle/scheduler/scheduler_config.json"))
     activate(capsys, "v1")
 
-    live = rollout.start()
+    live = rollout.start(LiveRegistry())
     first = live.route("bottle")
     assert first.release == "v1" and first.detector.version == v1["bundle_version"]
     assert rollout.metrics.registry.get_sample_value(
@@ -102,7 +103,7 @@ def test_a_version_that_cannot_load_is_refused_and_a_start_falls_back_to_the_las
     from worker.pipeline.errors import Misconfigured
 
     with pytest.raises(Misconfigured, match="has no active model version") as info:
-        rollout.start()
+        rollout.start(LiveRegistry())
     assert info.value.exit_code == 6
     publish(capsys, tiny_bundle, "v1", smoke_dir)
     publish(capsys, tiny_bundle, "broken", smoke_dir)
@@ -119,7 +120,7 @@ def test_a_version_that_cannot_load_is_refused_and_a_start_falls_back_to_the_las
     activate(capsys, "v1")
     activate(capsys, "broken")
 
-    live = rollout.start()  # the active version is refused: the newest earlier one serves
+    live = rollout.start(LiveRegistry())  # the active version is refused: the newest earlier one serves
     assert live.route("bottle").release == "v1"
     assert refused(rollout.metrics, "bottle", "bundle_invalid") == 1
     rollout.poll_once()

@@ -96,3 +96,9 @@ def test_a_live_registry_swaps_whole_registries_and_routes_carry_their_release()
     assert before.route("bottle").detector is old  # a batch routed before the swap keeps its detector
     assert live.route("other").detector is static and live.swap("cap", Named("c1"), "c-1") is None
     assert live.served() == ["*", "bottle", "cap"] and live.release("cap") == "c-1"
+    empty = LiveRegistry()  # what the sinks are given before the pointers are read
+    assert empty.by_product() == {} and empty.detectors() == []
+    with pytest.raises(RuntimeError, match="no model is loaded yet"):
+        empty.current()
+    empty.replace(before)
+    assert empty.route("bottle").detector is old

@@ -34,7 +34,7 @@ from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
 from .metrics import NoMetrics, WorkerMetrics
 from .model_watch import ModelRollout
-from .models import ModelRegistry
+from .models import LiveRegistry, ModelRegistry
 from .redact import LogRedactor
 from .redis_sink import RedisSink
 from .s3_sink import S3Sink
@@ -151,7 +151,9 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
     metrics = WorkerMetrics()
     if registry is None and config.models:
         registry = ModelRegistry.load(config.models, config.device)
-    if registry is not None:
+    if config.model_pointers:  # filled by ModelRollout.start before the first message
+        registry = LiveRegistry(registry)
+    else:
         metrics.models_loaded(registry)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
@@ -175,8 +177,7 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
         if config.model_pointers:  # the products that follow `invad models activate`
             rollout = ModelRollout.from_config(config, metrics)
             closers.insert(0, rollout.close)
-            registry = until_up("models", lambda: rollout.start(registry))
-            if registry is None:
+            if not until_up("models", lambda: rollout.start(registry)):
                 return 0
             rollout.watch()
         dead_letters = until_up("dlq producer", lambda: KafkaDeadLetters(config))

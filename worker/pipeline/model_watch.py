@@ -67,9 +67,9 @@ class ModelRollout:
                    metrics)
 
     # -- start ----------------------------------------------------------------------------------
-    def start(self, static: ModelRegistry | None = None) -> LiveRegistry:
-        """Load every watched product's version before the first message; ``static`` (INVAD_MODELS)
-        serves the products no pointer names.
+    def start(self, live: LiveRegistry) -> LiveRegistry:
+        """Load every watched product's version into ``live`` before the first message; the bundles
+        ``live`` holds already (INVAD_MODELS) serve the products no pointer names. Returns ``live``.
 
         Raises:
             DependencyDown: Redis or S3 is unreachable (the caller waits and calls again).
@@ -80,13 +80,14 @@ class ModelRollout:
         if not products:
             raise Misconfigured("models", "INVAD_MODEL_POINTERS=* but no product has an active model version",
                                 "publish and activate one (`invad models publish`, `invad models activate`)")
-        mapping = dict(static.by_product()) if static is not None else {}
+        mapping = live.by_product()
         releases: dict[str, str] = {}
         for product in products:
             mapping[product], releases[product] = self._start_product(product)
-        self.live = LiveRegistry(ModelRegistry(mapping, releases))
-        self.metrics.models_loaded(self.live)
-        return self.live
+        live.replace(ModelRegistry(mapping, releases))
+        self.live = live
+        self.metrics.models_loaded(live)
+        return live
 
     def _start_product(self, product: str) -> tuple[Any, str]:
         active = self.pointers.active(product)

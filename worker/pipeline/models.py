@@ -136,36 +136,46 @@ class ModelRegistry:
 
 
 class LiveRegistry:
-    """The registry of a worker whose bundles can change while it runs: :meth:`swap` replaces the
-    current :class:`ModelRegistry` whole (under a lock), readers take :meth:`current` and keep it."""
+    """The registry of a worker whose bundles can change while it runs: :meth:`replace` and
+    :meth:`swap` replace the current :class:`ModelRegistry` whole (under a lock); readers take
+    :meth:`current` and keep it. Made empty or with the static bundles (INVAD_MODELS) before the
+    pointers are read, so the sinks can be given it before the first model is loaded."""
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry | None = None):
         self._current = registry
         self._lock = threading.Lock()
 
     def current(self) -> ModelRegistry:
-        """The registry now; route a whole batch with it."""
-        return self._current
+        """The registry now; route a whole batch with it. Raises RuntimeError before any model is loaded."""
+        current = self._current
+        if current is None:
+            raise RuntimeError("no model is loaded yet: ModelRollout.start() fills this registry")
+        return current
+
+    def replace(self, registry: ModelRegistry) -> None:
+        """Serve ``registry`` from the next batch on."""
+        with self._lock:
+            self._current = registry
 
     def swap(self, product: str, detector: Any, release: str | None) -> Any:
         """Serve ``product`` with ``detector`` from the next batch on; returns the detector it replaced
         (None when the product was new). Raises ValueError like :class:`ModelRegistry`."""
         with self._lock:
-            old = self._current.by_product().get(product)
-            self._current = self._current.with_model(product, detector, release)
+            old = self.current().by_product().get(product)
+            self._current = self.current().with_model(product, detector, release)
         return old
 
     def route(self, product: str) -> Route:
-        return self._current.route(product)
+        return self.current().route(product)
 
     def release(self, product: str) -> str | None:
-        return self._current.release(product)
+        return self.current().release(product)
 
     def served(self) -> list[str]:
-        return self._current.served()
+        return self.current().served()
 
     def by_product(self) -> dict[str, Any]:
-        return self._current.by_product()
+        return self._current.by_product() if self._current is not None else {}
 
     def detectors(self) -> list[Any]:
-        return self._current.detectors()
+        return self._current.detectors() if self._current is not None else []
