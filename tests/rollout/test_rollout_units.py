@@ -39,7 +39,7 @@ def test_pointer_settings_are_checked_and_stand_in_for_invad_models(tmp_path):
 def test_read_settings_reads_flags_over_variables_with_the_same_checks():
     got = read_settings(("redis_prefix", "model_bucket", "s3_prefix"), {"redis_prefix": "flag"},
                         {"INVAD_REDIS_PREFIX": "env", "INVAD_MODEL_BUCKET": "models"})
-    assert got == {"redis_prefix": "flag", "model_bucket": "models", "s3_prefix": "invad"}
+    assert vars(got) == {"redis_prefix": "flag", "model_bucket": "models", "s3_prefix": "invad"}
     with pytest.raises(ValueError, match="INVAD_MODEL_BUCKET='No_Such': must match"):
         read_settings(("model_bucket",), {}, {"INVAD_MODEL_BUCKET": "No_Such"})
 

@@ -22,6 +22,7 @@ import re
 import socket
 import tempfile
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -463,15 +464,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
                            help=text.replace("%", "%%"))
 
 
-def read_settings(names: tuple[str, ...], flags: Mapping[str, Any] | argparse.Namespace,
-                  environ: Mapping[str, str]) -> dict[str, Any]:
-    """Some settings alone, for a command that is not a worker (``invad models``): each from its flag,
-    else its variable, else its default (None for a derived one), checked by its rule.
+def read_settings(names: tuple[str, ...], flags: Mapping[str, Any] | argparse.Namespace | None = None,
+                  environ: Mapping[str, str] | None = None) -> SimpleNamespace:
+    """Just the settings ``names``, for a command that is not a worker (``invad models``): each from its
+    flag, else its variable, else its default (None for a derived one), checked by its rule.
 
     Raises:
         ValueError: naming the flag or variable, the bad value (credentials masked) and what is allowed.
     """
-    flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+    environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for name in names:
         option = _BY_NAME[name]
@@ -483,4 +485,4 @@ def read_settings(names: tuple[str, ...], flags: Mapping[str, Any] | argparse.Na
             values[name] = option.rule.parse(raw if isinstance(raw, str) else as_text(raw))
         except ValueError as error:
             raise ValueError(f"{origin}={option.shown(raw)}: {error}") from None
-    return values
+    return SimpleNamespace(**values)

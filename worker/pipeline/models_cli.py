@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 from worker.common import s3client
@@ -91,26 +92,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(settings: dict[str, Any], action: str) -> ModelStore:
-    bucket = settings["model_bucket"] or settings["s3_bucket"]
+def _store(settings: SimpleNamespace, action: str) -> ModelStore:
+    bucket = settings.model_bucket or settings.s3_bucket
     if not bucket:
         raise UsageError(f"`invad models {action}` needs the bucket of published bundles: set INVAD_MODEL_BUCKET "
                          "(or INVAD_S3_BUCKET), or --model-bucket")
-    client = s3client.make_client(endpoint=settings["s3_endpoint"], region=settings["s3_region"],
-                                  access_key=settings["aws_access_key_id"],
-                                  secret_key=settings["aws_secret_access_key"],
-                                  session_token=settings["aws_session_token"])
-    return ModelStore(client, bucket, settings["s3_prefix"])
+    client = s3client.make_client(endpoint=settings.s3_endpoint, region=settings.s3_region,
+                                  access_key=settings.aws_access_key_id,
+                                  secret_key=settings.aws_secret_access_key,
+                                  session_token=settings.aws_session_token)
+    return ModelStore(client, bucket, settings.s3_prefix)
 
 
-def _pointers(settings: dict[str, Any], action: str) -> PointerStore:
-    if not settings["redis_url"]:
+def _pointers(settings: SimpleNamespace, action: str) -> PointerStore:
+    if not settings.redis_url:
         raise UsageError(f"`invad models {action}` needs the Redis the workers read: set INVAD_REDIS_URL "
                          "(or --redis-url)")
-    return PointerStore.from_url(settings["redis_url"], settings["redis_prefix"])
+    return PointerStore.from_url(settings.redis_url, settings.redis_prefix)
 
 
-def _publish(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+def _publish(args: argparse.Namespace, settings: SimpleNamespace) -> dict[str, Any]:
     store = _store(settings, "publish")
     manifest, files = prepare(args.bundle, args.product, args.version, args.smoke, args.smoke_count)
     try:
@@ -125,7 +126,7 @@ def _publish(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, An
             "next": f"invad models activate {manifest.product} {manifest.version}"}
 
 
-def _activate(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+def _activate(args: argparse.Namespace, settings: SimpleNamespace) -> dict[str, Any]:
     store, pointers = _store(settings, "activate"), _pointers(settings, "activate")
     try:
         found = store.read_manifest(args.product, args.version)
@@ -144,7 +145,7 @@ def _activate(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, A
             "location": pointer.location}
 
 
-def _rollback(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+def _rollback(args: argparse.Namespace, settings: SimpleNamespace) -> dict[str, Any]:
     pointers = _pointers(settings, "rollback")
     try:
         current, target = pointers.rollback(args.product, who())
@@ -153,7 +154,7 @@ def _rollback(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, A
     return {"product": args.product, "from": current.version, "to": target.version, "location": target.location}
 
 
-def _list(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any] | str:
+def _list(args: argparse.Namespace, settings: SimpleNamespace) -> dict[str, Any] | str:
     store, pointers = _store(settings, "list"), _pointers(settings, "list")
     try:
         products = [args.product] if args.product else store.products()
