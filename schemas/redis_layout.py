@@ -7,6 +7,9 @@ Keys, for prefix "invad":
     invad:alerts                  stream of AlertEntry field maps, MAXLEN ~ alerts_maxlen
     invad:alerted:{image_id}      string: stream id of the image's alert, EX record_ttl_s (exactly-once marker)
     invad:drift:{line_id}:{product}  hash: drift state of a line and product (DriftEntry.status_fields), no TTL
+    invad:model:{product}:active  string: the product's active model version (JSON pointer), no TTL
+    invad:model:{product}:history list: activations, newest first (the first is the active one), no TTL
+    invad:model:products          set: products that have an active version, no TTL
 
 This module builds names and holds the alert script; it never talks to Redis.
 """
@@ -134,6 +137,19 @@ class RedisLayout:
             for name, value in mapping.items():
                 args.extend((name, value))
         return [self.drift_key(line_id, product), self.alerts_key], args
+
+    def model_active_key(self, product: str) -> str:
+        """The pointer to ``product``'s active model version (``invad models activate``); workers poll it."""
+        return f"{self.prefix}:model:{_checked(PRODUCT_RE, 'product', product)}:active"
+
+    def model_history_key(self, product: str) -> str:
+        """``product``'s activations, newest first; ``invad models rollback`` returns to the second."""
+        return f"{self.prefix}:model:{_checked(PRODUCT_RE, 'product', product)}:history"
+
+    @property
+    def model_products_key(self) -> str:
+        """Set of the products that have an active version (what INVAD_MODEL_POINTERS=* watches)."""
+        return f"{self.prefix}:model:products"
 
     def alert_script_args(self, image_id: str, fields: dict[str, str]) -> tuple[list[str], list[str]]:
         """(keys, args) for ALERT_ONCE_LUA adding ``fields`` (AlertEntry.to_fields()) for ``image_id``."""

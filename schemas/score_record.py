@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Union
+from typing import Any, ClassVar, Mapping, Union
 
 from ._validate import (
     JsonMessage,
@@ -54,7 +54,9 @@ class ScoreRecord(JsonMessage):
         score: calibrated image score; higher is more anomalous.
         is_anomaly: score > threshold (strictly).
         threshold: the decision threshold of the model bundle.
-        model_name, model_version: the bundle that scored the image.
+        model_name, model_version: the bundle that scored the image (its name, a hash of its weights).
+        model_release: the version it was published and activated under (``invad models``), or None
+            for a bundle configured by path.
         map_stats: {"max", "mean", "p99": float, "peak_x", "peak_y": int}; peak in input-image pixels.
         artefacts: {"original", "overlay", "record"}: URIs of written artefacts, or None each.
         timings_ms: stage name -> milliseconds (e.g. fetch, decode, infer, sink, end_to_end).
@@ -63,6 +65,7 @@ class ScoreRecord(JsonMessage):
         attributes: the ImageRef's attributes, carried through.
     """
 
+    SCHEMA_VERSION: ClassVar[str] = "1.1"  # 1.1: model_release
 
     image_id: str
     uri: str
@@ -82,6 +85,7 @@ class ScoreRecord(JsonMessage):
     artefacts: Mapping[str, str | None] = field(default_factory=lambda: dict(NO_ARTEFACTS), hash=False)
     camera_id: str | None = None
     attributes: Mapping[str, Union[str, int, float, bool]] = field(default_factory=dict, hash=False)
+    model_release: str | None = None
 
     # from_dict validated the raw message already; skip the second, identical check.
     _trusted: InitVar[bool] = False
@@ -127,6 +131,7 @@ class ScoreRecord(JsonMessage):
             "threshold": self.threshold,
             "model_name": self.model_name,
             "model_version": self.model_version,
+            "model_release": self.model_release,
             "map_stats": dict(self.map_stats),
             "artefacts": dict(self.artefacts),
             "timings_ms": dict(self.timings_ms),
@@ -164,6 +169,7 @@ class ScoreRecord(JsonMessage):
             threshold=float(obj["threshold"]),
             model_name=obj["model_name"],
             model_version=obj["model_version"],
+            model_release=obj.get("model_release"),
             map_stats={k: stats[k] for k in ("max", "mean", "p99", "peak_x", "peak_y")},
             artefacts={k: obj["artefacts"][k] for k in ARTEFACT_KINDS},
             timings_ms=dict(obj["timings_ms"]),

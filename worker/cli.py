@@ -1,4 +1,4 @@
-"""The ``invad`` command: train, score, eval, bench, demo (detector), produce, topics, work (pipeline) and alerts.
+"""The ``invad`` command: train, score, eval, bench, demo (detector), produce, topics, work, models (pipeline) and alerts.
 
 Each subcommand validates its arguments up front; a bad value exits with status 2 and a message that
 names it and how to fix it. torch is imported only inside the subcommands that need it.
@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="consume the Redis alert stream: print each alert or POST it to a webhook")
     alerts_cli.add_arguments(alerts)
     alerts.set_defaults(run=alerts_cli.run)
+
+    from .pipeline import models_cli
+
+    models = sub.add_parser("models", help="publish, activate, roll back and list model versions (switched by "
+                            "running workers without a restart)")
+    models_cli.add_arguments(models)
+    models.set_defaults(run=models_cli.run)
     return parser
 
 

@@ -31,7 +31,9 @@ def exported() -> dict[str, set[str]]:
     metrics.dead_lettered("invalid_json", None, None)
     metrics.watch_lag(lambda: {("topic", 0): 1})
     metrics.watch_drift(lambda: [SimpleNamespace(line_id="L", product="p", drifting=True)])
-    metrics.model.labels("*").info({"model_name": "m", "model_version": "1"})
+    metrics.model.labels("*").info({"model_name": "m", "model_version": "1", "model_release": "r"})
+    metrics.model_switched("p", "r")
+    metrics.model_refused("p", "smoke_failed")
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for suffix in SUFFIXES[family.type]:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean stop or an exhausted embedded source; 2 for an invalid setting; at
 start, a dependency that refuses our configuration exits with 3 (Redis: credentials, ACL, TLS), 4 (S3:
-bucket, credentials, permission) or 5 (Kafka: missing topic, SASL credentials, TLS); 75 (EX_TEMPFAIL) when a
+bucket, credentials, permission) or 5 (Kafka: missing topic, SASL credentials, TLS), and 6 when a product of
+INVAD_MODEL_POINTERS has no active version or none that passes its checks; 75 (EX_TEMPFAIL) when a
 stop could not drain because a dependency stayed down (nothing was committed past the last good
 batch, so nothing is lost). No message content causes an exit; a bug propagates as a traceback.
 """
@@ -33,7 +34,8 @@ from .health_http import HealthServer
 from .kafka_io import KafkaDeadLetters, KafkaSource
 from .loop import Loop, remove_health
 from .metrics import NoMetrics, WorkerMetrics
-from .models import ModelRegistry
+from .model_watch import ModelRollout
+from .models import LiveRegistry, ModelRegistry
 from .redact import LogRedactor
 from .redis_sink import RedisSink
 from .s3_sink import S3Sink
@@ -144,10 +146,16 @@ def _until_up(what: str, make: Callable[[], Any], stop: threading.Event, backoff
 
 
 def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None) -> int:
-    """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain)."""
+    """Run the Kafka worker until ``stop``; returns the exit code (0, or 75 for an abandoned drain).
+    ``registry`` replaces the bundles of INVAD_MODELS (tests, benchmarks); the products of
+    INVAD_MODEL_POINTERS follow their pointers either way."""
     metrics = WorkerMetrics()
-    registry = registry or ModelRegistry.load(config.models, config.device)
-    metrics.models_loaded(registry)
+    if registry is None and config.models:
+        registry = ModelRegistry.load(config.models, config.device)
+    if config.model_pointers:  # filled by ModelRollout.start before the first message
+        registry = LiveRegistry(registry)
+    else:
+        metrics.models_loaded(registry)
     s3_sink = S3Sink.from_config(config)
     redis_sink = RedisSink.from_config(config)
     sinks: list[Any] = [s3_sink, redis_sink]  # S3 first: an alert must never point at a missing overlay
@@ -173,6 +181,12 @@ def run_kafka(config: WorkerConfig, stop: threading.Event, registry: Any = None)
             return 0
         if config.drift_watch and not until_up("redis", lambda: drift_sink.check() or True):
             return 0
+        if config.model_pointers:  # the products that follow `invad models activate`
+            rollout = ModelRollout.from_config(config, metrics)
+            closers.insert(0, rollout.close)
+            if not until_up("models", lambda: rollout.start(registry)):
+                return 0
+            rollout.watch()
         dead_letters = until_up("dlq producer", lambda: KafkaDeadLetters(config))
         if dead_letters is None:
             return 0

@@ -20,12 +20,14 @@ import ipaddress
 import os
 import re
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from schemas import redis_layout
+from schemas.image_ref import PRODUCT_MAX_LEN, PRODUCT_RE
 from worker.common import kafka_security, redis_client, s3client
 
 from .redact import MASK, credentials_in, redact_text, redact_value
@@ -124,6 +126,17 @@ def parse_models(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _pointers(text: str) -> tuple[str, ...]:
+    products = _list(text)
+    if "*" in products and len(products) > 1:
+        raise ValueError("'*' (every activated product) cannot be combined with product names")
+    for product in products:
+        if product != "*" and (len(product) > PRODUCT_MAX_LEN or not PRODUCT_RE.match(product)):
+            raise ValueError(f"{product!r} is not a product key "
+                             f"(1-{PRODUCT_MAX_LEN} characters of {PRODUCT_RE.pattern})")
+    return products
+
+
 def _device(text: str) -> str | None:
     text = str(text).strip()
     if not text or text == "auto":
@@ -197,6 +210,8 @@ _LIST = Rule(_list, "comma-separated names")
 _HOSTS = Rule(_hosts, "comma-separated host, host:port or *.domain")
 _ROOTS = Rule(_roots, "comma-separated absolute paths")
 _MODELS = Rule(parse_models, "bundle path, or product=path,...,*=path")
+_POINTERS = Rule(_pointers, "comma-separated product keys, or * for every activated product")
+_ABSPATH = Rule(lambda text: _roots(text)[0] if _list(text) else "", "an absolute path")
 _DEVICE = Rule(_device, "auto, cpu, cuda, cuda:N or mps")
 _BOOTSTRAP = Rule(_bootstrap, "comma-separated host:port")
 _ADDRESS = Rule(_address, "IP address or host name")
@@ -313,6 +328,14 @@ class WorkerConfig:
     # -- models and batches --
     models: tuple[tuple[str, str], ...] = setting((), _MODELS, "model bundle for every product, or one per "
                                                   "product (required)")
+    model_pointers: tuple[str, ...] = setting((), _POINTERS, "products whose bundle follows its active version in "
+                                              "Redis (`invad models activate`), switched without a restart; * for "
+                                              "every activated product (docs/MODELS.md)")
+    model_bucket: str | None = setting(None, _BUCKET, "bucket of published model bundles (`invad models publish`)",
+                                       derived="INVAD_S3_BUCKET")
+    model_cache_dir: str = setting(None, _ABSPATH, "folder for downloaded model bundles",
+                                   derived="<temp dir>/invad-models")
+    model_watch_s: float = setting(10.0, _float(0.1), "how often the active-version pointers are read (s)")
     device: str | None = setting(None, _DEVICE, "torch device", derived="auto")
     batch_size: int = setting(16, _int(1, 4096), "images per batch (= max.poll.records)")
     batch_wait_ms: int = setting(200, _int(0, 600_000), "longest wait to fill a batch (ms)")
@@ -356,7 +379,9 @@ class WorkerConfig:
             raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
         derived = {"dlq_topic": lambda: f"{self.topic}.dlq", "worker_id": default_worker_id,
                    "metrics_port": lambda: 9400 if self.mode == "kafka" else 0,
-                   "health_stale_s": lambda: self.max_poll_interval_ms / 1000}
+                   "health_stale_s": lambda: self.max_poll_interval_ms / 1000,
+                   "model_bucket": lambda: self.s3_bucket,
+                   "model_cache_dir": lambda: os.path.join(tempfile.gettempdir(), "invad-models")}
         for option in OPTIONS:
             value = getattr(self, option.name)
             if value is None and option.name in derived:
@@ -393,12 +418,19 @@ class WorkerConfig:
             return f"{option.env[0]}={as_text(getattr(self, name))}" + (f" ({option.flag})" if option.flag else "")
 
         if self.mode == "kafka":
-            for name in ("kafka_bootstrap", "redis_url", "s3_bucket", "models"):
+            for name in ("kafka_bootstrap", "redis_url", "s3_bucket"):
                 if not getattr(self, name):
                     option = _BY_NAME[name]
                     raise ValueError(f"{option.env[0]} (or {option.flag}) is required in kafka mode")
+            if not self.models and not self.model_pointers:
+                raise ValueError("INVAD_MODELS (or --models) or INVAD_MODEL_POINTERS (or --model-pointers) is "
+                                 "required in kafka mode: a bundle path, or the products that follow "
+                                 "`invad models activate`")
             if self.dlq_topic == self.topic:
                 raise ValueError(f"{named('dlq_topic')}: must differ from {named('topic')}")
+        elif self.model_pointers:
+            raise ValueError(f"{named('model_pointers')}: needs kafka mode (the pointers live in Redis); "
+                             "give embedded mode a bundle path with INVAD_MODELS")
         if self.batch_wait_ms * 4 > self.max_poll_interval_ms:
             raise ValueError(f"{named('batch_wait_ms')}: must be at most a quarter of {named('max_poll_interval_ms')}")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:

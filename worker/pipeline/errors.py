@@ -42,8 +42,9 @@ class DependencyDown(Exception):
 
 
 # Exit codes of `invad work`, one per kind of start-up failure, so an operator (or a pod's restart
-# reason) tells at once which setting to fix. 75 (EX_TEMPFAIL) is the abandoned drain.
-EXIT_CODES = {"config": 2, "redis": 3, "s3": 4, "kafka": 5}
+# reason) tells at once which setting to fix ("models": no servable version of a product that follows
+# a pointer). 75 (EX_TEMPFAIL) is the abandoned drain.
+EXIT_CODES = {"config": 2, "redis": 3, "s3": 4, "kafka": 5, "models": 6}
 
 
 class Misconfigured(Exception):

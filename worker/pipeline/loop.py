@@ -395,12 +395,15 @@ class Loop:
         self.metrics.stage_done(stage, time.perf_counter() - started)
 
     def _stage_decode(self, work: BatchWork) -> None:
+        # One registry for the whole batch: a model switched in meanwhile serves the next batch, and
+        # this batch keeps its detectors until it is committed, whatever the registry does.
+        registry = self.registry.current()
         for item in work.items:
             try:
                 if item.message.value is None:
                     raise BadRecord("invalid_json", "message value is null")
                 item.ref = ImageRef.from_json(item.message.value)
-                item.route = self.registry.route(item.ref.product)
+                item.route = registry.route(item.ref.product)
             except SchemaError as error:
                 item.bad = BadRecord(error.reason, error.message)
             except BadRecord as error:
@@ -485,7 +488,8 @@ class Loop:
             image_id=ref.image_id, uri=ref.uri, line_id=ref.line_id, camera_id=ref.camera_id, product=ref.product,
             captured_at=ref.captured_at, scored_at=scored_at, score=float(prediction.pred_score[index]),
             is_anomaly=flagged, threshold=threshold, model_name=detector.name,
-            model_version=str(getattr(detector, "version", "unknown")), map_stats=map_stats, artefacts=artefacts, timings_ms=timings,
+            model_version=str(getattr(detector, "version", "unknown")), model_release=item.route.release,
+            map_stats=map_stats, artefacts=artefacts, timings_ms=timings,
             worker_id=self.config.worker_id, source=item.message.source_dict(), attributes=ref.attributes)
         record.to_json()  # serialise once here: a record that cannot be encoded fails its message, not a sink
         if flagged:  # rendered by the sink stage, off the model's thread

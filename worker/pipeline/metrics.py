@@ -64,6 +64,15 @@ class NoMetrics:
     def batch_committed(self, size: int) -> None:
         """A batch of ``size`` messages was committed and is no longer in flight."""
 
+    def models_loaded(self, registry: Any) -> None:
+        """The registry serves these bundles now (at start, and after each switch)."""
+
+    def model_switched(self, product: str, release: str) -> None:
+        """``product`` is served by the bundle activated as ``release`` from the next batch on."""
+
+    def model_refused(self, product: str, reason: str) -> None:
+        """A version activated for ``product`` was refused (``reason``: model_store.REFUSAL_REASONS)."""
+
 
 class _Bounded:
     """Maps a label's values to themselves, up to ``limit`` distinct ones; later ones become ``_other``."""
@@ -112,7 +121,13 @@ class WorkerMetrics(NoMetrics):
         self.committed = Counter("invad_batches_committed", "Batches committed", registry=r)
         self.last_commit = Gauge("invad_last_commit_timestamp_seconds", "Unix time of the last batch commit",
                                  registry=r)
-        self.model = Info("invad_model", "The model bundle serving each product key", ("product",), registry=r)
+        self.model = Info("invad_model", "The model bundle serving each product key (model_release: the version "
+                          "it was activated under, for products that follow a pointer)", ("product",), registry=r)
+        self.model_switches = Counter("invad_model_switches", "Bundles switched in without a restart (a new active "
+                                      "version that passed its checks)", ("product",), registry=r)
+        self.model_refused_total = Counter("invad_model_refused", "Activated versions refused (corrupt, wrong "
+                                           "format or product, failed smoke check); the old bundle kept serving",
+                                           ("product", "reason"), registry=r)
         for stage in STAGES:  # every series exists from the start, so rates and alerts see zeros
             self.stage_seconds.labels(stage)
         self._line, self._product = (_Bounded(name, MAX_LABEL_VALUES[name]) for name in where)
@@ -131,10 +146,18 @@ class WorkerMetrics(NoMetrics):
     # -- set up by the command ------------------------------------------------------------------
     def models_loaded(self, registry: Any) -> None:
         """Export each product key's bundle name and version (:class:`ModelRegistry`); models now count as loaded."""
-        for product, detector in registry.by_product().items():
+        current = registry.current()
+        for product, detector in current.by_product().items():
             self.model.labels(product).info({"model_name": str(getattr(detector, "name", UNKNOWN)),
-                                             "model_version": str(getattr(detector, "version", UNKNOWN))})
+                                             "model_version": str(getattr(detector, "version", UNKNOWN)),
+                                             "model_release": current.release(product) or ""})
         self.models_ok = True
+
+    def model_switched(self, product: str, release: str) -> None:
+        self.model_switches.labels(self._product(product)).inc()
+
+    def model_refused(self, product: str, reason: str) -> None:
+        self.model_refused_total.labels(self._product(product), reason).inc()
 
     def watch_lag(self, lag: Callable[[], dict[tuple[str, int], int]]) -> None:
         """``lag()`` gives ``{(topic, partition): messages behind}`` from a cache, safe from any thread."""
