@@ -380,3 +380,16 @@ def test_selectors_match_their_pods(helm):
     producer = one(docs, "Deployment", "producer")
     assert producer["spec"]["selector"]["matchLabels"] != selector  # never counted as a worker
     assert one(docs, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_a_pointer_only_deployment_mounts_a_cache_and_no_claim(helm):
+    """Products that follow `invad models activate` need no bundle volume, only room for downloads."""
+    docs = render(sets=("models.bundles=", "models.pointers=*"))
+    data = configmap(docs)
+    assert data["INVAD_MODEL_POINTERS"] == "*" and "INVAD_MODELS" not in data
+    pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "models" not in volumes and volumes["model-cache"]["emptyDir"]["sizeLimit"] == "4Gi"
+    mounts = {mount["name"]: mount["mountPath"] for mount in worker_container(docs)["volumeMounts"]}
+    assert mounts["model-cache"] == data["INVAD_MODEL_CACHE_DIR"]
+    assert "models.bundles" in render_error("models.bundles=")  # neither bundles nor pointers

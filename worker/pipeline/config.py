@@ -330,7 +330,7 @@ class WorkerConfig:
                                                   "product (required)")
     model_pointers: tuple[str, ...] = setting((), _POINTERS, "products whose bundle follows its active version in "
                                               "Redis (`invad models activate`), switched without a restart; * for "
-                                              "every activated product (docs/MODELS.md)")
+                                              "every activated product (docs/OPERATIONS.md, section 6)")
     model_bucket: str | None = setting(None, _BUCKET, "bucket of published model bundles (`invad models publish`)",
                                        derived="INVAD_S3_BUCKET")
     model_cache_dir: str = setting(None, _ABSPATH, "folder for downloaded model bundles",
@@ -339,7 +339,7 @@ class WorkerConfig:
     device: str | None = setting(None, _DEVICE, "torch device", derived="auto")
     batch_size: int = setting(16, _int(1, 4096), "images per batch (= max.poll.records)")
     batch_wait_ms: int = setting(200, _int(0, 600_000), "longest wait to fill a batch (ms)")
-    max_in_flight: int = setting(2, _int(1, 8), "batches in flight at once: while one is scored, the next is fetched "
+    max_in_flight: int = setting(3, _int(1, 8), "batches in flight at once: while one is scored, the next is fetched "
                                  "and decoded and the previous one written (1: one stage at a time)")
     # -- fetching images --
     fetch_concurrency: int = setting(8, _int(1, 256), "parallel image fetches")

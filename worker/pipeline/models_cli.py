@@ -6,7 +6,7 @@
     invad models list [P] [--json]
 
 Workers with INVAD_MODEL_POINTERS switch to an activated version within INVAD_MODEL_WATCH_S, once it
-has passed their checks (docs/MODELS.md). Settings come from the same flags and variables as
+has passed their checks (docs/OPERATIONS.md, section 6). Settings come from the same flags and variables as
 ``invad work`` (INVAD_REDIS_URL, INVAD_REDIS_PREFIX, INVAD_S3_ENDPOINT, INVAD_MODEL_BUCKET or
 INVAD_S3_BUCKET, INVAD_S3_PREFIX, AWS_*). Exit codes: 0 done; 2 bad input (a name, a bundle, a version
 that is not published or already published with other files, nothing to roll back); 3 Redis and

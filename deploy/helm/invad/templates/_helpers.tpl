@@ -108,7 +108,16 @@ INVAD_S3_ENDPOINT: {{ .Values.s3.endpoint | quote }}
 INVAD_S3_BUCKET: {{ .Values.s3.bucket | quote }}
 INVAD_S3_PREFIX: {{ .Values.s3.prefix | quote }}
 AWS_REGION: {{ .Values.s3.region | quote }}
+{{- if and (not .Values.models.bundles) (not .Values.models.pointers) }}
+{{- fail "models: set models.bundles (bundle paths) or models.pointers (products that follow `invad models activate`), or both" }}
+{{- end }}
+{{- if .Values.models.bundles }}
 INVAD_MODELS: {{ .Values.models.bundles | quote }}
+{{- end }}
+{{- if .Values.models.pointers }}
+INVAD_MODEL_POINTERS: {{ .Values.models.pointers | quote }}
+INVAD_MODEL_CACHE_DIR: "/var/cache/invad-models"
+{{- end }}
 INVAD_DEVICE: {{ ternary "cuda" "cpu" (gt (int .Values.worker.gpu.count) 0) | quote }}
 INVAD_DRAIN_TIMEOUT_S: {{ .Values.worker.drainTimeoutSeconds | toString | quote }}
 {{ .Values.envNames.metricsPort }}: {{ .Values.metrics.port | toString | quote }}
@@ -191,7 +200,7 @@ INVAD_DRAIN_TIMEOUT_S: {{ .Values.worker.drainTimeoutSeconds | toString | quote 
 {{- if le (int (include "invad.gracePeriod" .)) (int $v.worker.drainTimeoutSeconds) -}}
 {{- fail "worker.worstBatchSeconds + worker.graceMarginSeconds must be positive: the grace period must outlast the drain timeout" -}}
 {{- end -}}
-{{- $derived := list "INVAD_KAFKA_BOOTSTRAP" "INVAD_TOPIC" "INVAD_DLQ_TOPIC" "INVAD_GROUP" "INVAD_REDIS_PREFIX" "INVAD_S3_ENDPOINT" "INVAD_S3_BUCKET" "INVAD_S3_PREFIX" "AWS_REGION" "AWS_DEFAULT_REGION" "INVAD_MODELS" "INVAD_DEVICE" "INVAD_DRAIN_TIMEOUT_S" "INVAD_WORKER_ID" -}}
+{{- $derived := list "INVAD_KAFKA_BOOTSTRAP" "INVAD_TOPIC" "INVAD_DLQ_TOPIC" "INVAD_GROUP" "INVAD_REDIS_PREFIX" "INVAD_S3_ENDPOINT" "INVAD_S3_BUCKET" "INVAD_S3_PREFIX" "AWS_REGION" "AWS_DEFAULT_REGION" "INVAD_MODELS" "INVAD_MODEL_POINTERS" "INVAD_MODEL_CACHE_DIR" "INVAD_DEVICE" "INVAD_DRAIN_TIMEOUT_S" "INVAD_WORKER_ID" -}}
 {{- $derived = concat $derived (list $v.envNames.kafkaSecurityProtocol $v.envNames.kafkaSaslMechanism $v.envNames.kafkaSslCafile $v.envNames.redisSslCaCerts $v.envNames.metricsPort) -}}
 {{- $secrets := list "INVAD_REDIS_URL" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" $v.envNames.kafkaSaslUsername $v.envNames.kafkaSaslPassword -}}
 {{- range $name, $value := $v.worker.settings -}}
