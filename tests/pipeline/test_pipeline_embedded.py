@@ -81,7 +81,8 @@ def test_stop_midway_then_resume(image_folder, registry, tmp_path):
     from worker.pipeline.fetch import Fetcher
     progress = embedded.ProgressStore(tmp_path / "p.json")
     source = embedded.folder_source(folder, progress)
-    config = WorkerConfig(mode="embedded", batch_size=4, file_roots=(str(folder.resolve()),))
+    # Two in flight at most: with 10 images in batches of 4, three would hold the whole folder.
+    config = WorkerConfig(mode="embedded", batch_size=4, max_in_flight=2, file_roots=(str(folder.resolve()),))
     sink = embedded.SqliteSink(tmp_path / "s.db")
     loop = loop_module.Loop(source=source, fetcher=Fetcher.from_config(config), registry=registry,
                             sinks=[sink, StopAfterFirst()], dead_letters=sink.dead_letter_writer(), config=config, stop=stop)
