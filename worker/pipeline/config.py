@@ -240,6 +240,11 @@ class WorkerConfig:
     max_poll_interval_ms: int = setting(300000, _int(5_000), "Kafka max.poll.interval.ms")
     session_timeout_ms: int = setting(45000, _int(1_000), "Kafka session.timeout.ms")
     heartbeat_interval_ms: int = setting(3000, _int(100), "Kafka heartbeat.interval.ms")
+    stall_check_s: float = setting(15.0, _float(0), "while this worker is a stable group member holding no partition, "
+                                   "how often it asks the broker whether a partition of the topic is owned by no "
+                                   "member (s; 0: never)")
+    stall_rejoin_s: float = setting(30.0, _float(0), "partitions still owned by no member this long after that was "
+                                    "first seen: leave and rejoin the group (s); unready meanwhile")
     # -- Redis --
     redis_url: str | None = setting(None, _url("redis", "rediss", "unix"),
                                     "Redis URL for score records and alerts (required in kafka mode); "
