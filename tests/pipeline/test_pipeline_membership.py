@@ -52,8 +52,9 @@ class LeaderThread:
     def __init__(self, kenv: KafkaEnv):
         self.assignor = ForgetfulAssignor()
         self.consumer = KafkaConsumer(bootstrap_servers=kenv.bootstrap, group_id=kenv.group, client_id=LEADER,
-                                      enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=2000,
-                                      partition_assignment_strategy=[self.assignor])
+                                      enable_auto_commit=False, partition_assignment_strategy=[self.assignor],
+                                      # long: a leader evicted by a starved machine would end the stall early
+                                      session_timeout_ms=30000, heartbeat_interval_ms=3000)
         self.consumer.subscribe([kenv.topic])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

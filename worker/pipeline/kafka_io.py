@@ -38,6 +38,12 @@ _TOO_LARGE = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError)
 # A poll that fails at once (broker or coordinator unreachable) waits this long before the next try,
 # whatever timeout it was given: a keepalive's poll(0) must not turn an outage into a busy loop.
 POLL_ERROR_PAUSE_S = 0.5
+# Per partition and fetch, at most this much is fetched (kafka-python's default is 1 MiB). A poll
+# hands out one partition's fetched records before the next one's, so with 1 MiB a backlog of some
+# 3,000 small ImageRefs on one partition held back the worker's other partitions for minutes (the
+# soak: 159 s after a rebalance). A record larger than this still comes whole (Kafka returns at
+# least one record batch per partition), so this bounds fairness, not message size.
+PARTITION_FETCH_BYTES = 64 * 1024
 # Group states in which the coordinator is moving partitions: their description proves nothing yet.
 _REBALANCING = ("PreparingRebalance", "CompletingRebalance")
 
@@ -143,10 +149,11 @@ class KafkaSource:
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             max_poll_interval_ms=config.max_poll_interval_ms, session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms, request_timeout_ms=30_000,
-            reconnect_backoff_max_ms=5_000)
+            reconnect_backoff_max_ms=5_000, max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
         settings.update(overrides)
         self._admin_settings = {k: v for k, v in settings.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
-        self._admin_settings.update(client_id=f"{config.worker_id}-admin", request_timeout_ms=10_000)
+        self._admin_settings.update(client_id=f"{config.worker_id}-admin", request_timeout_ms=10_000,
+                                    bootstrap_timeout_ms=10_000)
         self._consumer = _connect(lambda: KafkaConsumer(**settings), config.kafka_bootstrap)
         self._revoked: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], int] = {}  # flushed, not yet committed
