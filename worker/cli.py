@@ -230,6 +230,24 @@ def _run_bench(args) -> int:
     return detector.run(args)
 
 
+# -- soak -----------------------------------------------------------------------------------------
+def _add_soak(sub) -> None:
+    p = sub.add_parser("soak", help="references through workers on private services while they fail; counts and figures",
+                       description="Starts private Kafka, Redis and S3 (scripts/services.sh), trains a tiny model, "
+                                   "runs worker processes through a worker kill, a broker restart, a Redis restart "
+                                   "and an S3 outage, then checks where every reference went. Needs a checkout.")
+    from .bench.soak import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(run=_run_soak)
+
+
+def _run_soak(args) -> int:
+    from .bench import soak
+
+    return soak.run(args)
+
+
 # -- entry point ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invad", description=__doc__.splitlines()[0])
@@ -238,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_eval(sub)
     _add_bench(sub)
+    _add_soak(sub)
     from .demo import add_demo
 
     add_demo(sub)

@@ -49,6 +49,16 @@ def two_class_detector(two_class_bundle):
 
 
 @pytest.fixture
+def private_broker(tmp_path):
+    """A Kafka broker of the test's own (scripts/services.sh in its own run dir, on free ports), to stop,
+    pause or restart without touching the shared one; not started yet, stopped at the end."""
+    from worker.bench.services import PrivateService
+    broker = PrivateService("kafka", tmp_path / "kafka-run")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
 def image_folder(tmp_path) -> tuple[Path, dict[str, bool]]:
     folder = tmp_path / "images"
     return folder, write_images(folder, 6, 4)

@@ -3,13 +3,13 @@ down or counted (never replaced)."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 from synthetic import make_texture_images
+from worker.bench.services import free_port  # noqa: F401 - the tests import it from here
 
 IMAGE_SIZE = 128  # the tiny bundle's input size (tests/conftest.py), so its scores mean something
 SEED = 100  # normals never seen in training (the tiny bundle trains on seed 0)
@@ -51,9 +51,3 @@ def write_images(folder: Path, n_good: int, n_bad: int, seed: int = SEED, size: 
 def unique(name: str) -> str:
     return f"t{uuid.uuid4().hex[:10]}-{name}"
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a private server's listener)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

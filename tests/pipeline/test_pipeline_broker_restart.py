@@ -6,51 +6,16 @@ alert doubled."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import free_port
-from kafka_helpers import (REPO, KafkaEnv, all_committed, assert_each_image_scored_once, produce, refs_for,
+from kafka_helpers import (KafkaEnv, all_committed, assert_each_image_scored_once, produce, refs_for,
                            start_worker_process, stored_records, texture_pngs, upload_images, wait_for)
 
 pytestmark = pytest.mark.services
-
-
-class PrivateBroker:
-    """A single-node KRaft broker of its own (run dir, ports), stopped and started at will; its log
-    directory survives a restart, as a real broker's does."""
-
-    def __init__(self, run_dir: Path, redis_url: str, s3_endpoint: str):
-        self.port, controller = free_port(), free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "INVAD_RUN_DIR": str(run_dir), "INVAD_KAFKA_PORT": str(self.port),
-                    "INVAD_KAFKA_CONTROLLER_PORT": str(controller),
-                    # only Kafka: the shared Redis and S3 are passed through, not started
-                    "INVAD_TEST_REDIS_URL": redis_url, "INVAD_TEST_S3_ENDPOINT": s3_endpoint}
-        self.env.pop("INVAD_TEST_KAFKA", None)
-
-    def _services(self, command: str) -> None:
-        done = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), command], env=self.env,
-                              capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"services.sh {command} failed:\n{done.stderr[-3000:]}"
-
-    def start(self) -> None:
-        self._services("start")
-
-    def stop(self) -> None:
-        self._services("stop")
-
-
-@pytest.fixture
-def broker(tmp_path, redis_url, s3_settings):
-    private = PrivateBroker(tmp_path / "kafka-run", redis_url, s3_settings["endpoint"])
-    yield private
-    private.stop()
 
 
 def events(log: Path) -> list[str]:
@@ -64,8 +29,9 @@ def events(log: Path) -> list[str]:
     return names
 
 
-def test_worker_started_before_the_broker_waits_for_it(broker, redis_url, s3_settings, tiny_bundle, tmp_path):
-    kenv = KafkaEnv(broker.bootstrap, redis_url, s3_settings, partitions=2, models=str(tiny_bundle))
+def test_worker_started_before_the_broker_waits_for_it(private_broker, redis_url, s3_settings, tiny_bundle, tmp_path):
+    broker = private_broker
+    kenv = KafkaEnv(broker.address, redis_url, s3_settings, partitions=2, models=str(tiny_bundle))
     # The topics exist before the worker starts (a worker refuses a missing topic at start): create
     # them, then take the broker down; its log directory keeps them for the restart.
     broker.start()
@@ -90,9 +56,10 @@ def test_worker_started_before_the_broker_waits_for_it(broker, redis_url, s3_set
             proc.kill()
 
 
-def test_broker_restart_mid_stream_loses_nothing(broker, redis_url, s3_settings, tiny_bundle, tmp_path):
+def test_broker_restart_mid_stream_loses_nothing(private_broker, redis_url, s3_settings, tiny_bundle, tmp_path):
+    broker = private_broker
     broker.start()
-    kenv = KafkaEnv(broker.bootstrap, redis_url, s3_settings, partitions=4, models=str(tiny_bundle)).setup()
+    kenv = KafkaEnv(broker.address, redis_url, s3_settings, partitions=4, models=str(tiny_bundle)).setup()
     images = texture_pngs(24, 8, seed=23)
     upload_images(kenv, images)
     refs = refs_for(kenv, images, lines=8)

@@ -48,7 +48,7 @@ from worker.pipeline.config import WorkerConfig
 from .observe import RedisReader, parse_pids, process_cpu_s
 from .report import cpu_fields, format_cpu_table, format_table, percentiles, write_report
 from .scenarios import NULL_MODELS, ceiling_rows, detector_rows, prepare_inputs
-from .workers import REPO, WorkerProcess, joined
+from .workers import WorkerProcess, joined, worker_env
 
 POLL_S = 0.05  # coarse enough that polling costs the busy cores little
 PARTITIONS = 2
@@ -84,27 +84,7 @@ class PipelineBench:
             self.uris.append(f"s3://{self.config.s3_bucket}/{key}")
 
     def _env(self, name: str, single_core: bool) -> dict[str, str]:
-        c = self.config
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("INVAD_", "AWS_"))}
-        env.update(INVAD_KAFKA_BOOTSTRAP=",".join(c.kafka_bootstrap), INVAD_TOPIC=c.topic, INVAD_GROUP=c.group,
-                   INVAD_REDIS_URL=c.redis_url, INVAD_REDIS_PREFIX=c.redis_prefix, INVAD_S3_BUCKET=c.s3_bucket,
-                   INVAD_S3_PREFIX="results", INVAD_S3_ALLOW_BUCKETS=c.s3_bucket,
-                   INVAD_MODELS=",".join(f"{product}={path}" for product, path in c.models),
-                   INVAD_BATCH_SIZE=str(c.batch_size), INVAD_WORKER_ID=name, INVAD_LOG_LEVEL="info",
-                   # Stopped workers leave the group, so the session only matters for a killed one; 30 s
-                   # keeps a worker starved of CPU by a busy machine (heartbeats need the GIL) in the group.
-                   INVAD_SESSION_TIMEOUT_MS="30000", INVAD_HEARTBEAT_INTERVAL_MS="3000",
-                   AWS_ACCESS_KEY_ID=c.aws_access_key_id or "", AWS_SECRET_ACCESS_KEY=c.aws_secret_access_key or "",
-                   AWS_REGION=c.s3_region or "us-east-1",
-                   INVAD_METRICS_PORT="0",  # several workers on one machine: no HTTP server, no port to share
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        if c.s3_endpoint:
-            env["INVAD_S3_ENDPOINT"] = c.s3_endpoint
-        if self.device:
-            env["INVAD_DEVICE"] = self.device
-        if single_core:  # the worker has no thread setting; torch and MKL read these at start-up
-            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        return env
+        return worker_env(self.config, name, self.device, single_core)
 
     def _publish(self, tag: str, count: int, lines: Sequence[str],
                  rate: float | None = None) -> tuple[list[str], dict[str, float]]:

@@ -292,6 +292,11 @@ class WorkerConfig:
                                             "(empty: inside the certificate file)")
     kafka_ssl_check_hostname: bool = setting(True, _BOOL, "check that a broker's certificate names the host "
                                              "connected to")
+    stall_check_s: float = setting(15.0, _float(0), "while this worker is a stable group member holding no partition, "
+                                   "how often it asks the broker whether a partition of the topic is owned by no "
+                                   "member (s; 0: never)")
+    stall_rejoin_s: float = setting(30.0, _float(0), "partitions still owned by no member this long after that was "
+                                    "first seen: leave and rejoin the group (s); unready meanwhile")
     # -- Redis --
     redis_url: str | None = setting(None, _url("redis", "rediss", "unix"),
                                     "Redis URL for score records and alerts (required in kafka mode): "

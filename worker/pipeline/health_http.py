@@ -2,7 +2,8 @@
 
 - ``/healthz`` is 200 while the loop has turned within ``INVAD_HEALTH_STALE_S`` (it also turns while it
   waits out a dependency: waiting is not being stuck), else 503.
-- ``/readyz`` is 200 when the models are loaded, the consumer is a stable group member, the loop is
+- ``/readyz`` is 200 when the models are loaded, the consumer is a stable group member (and, holding
+  no partition, has not found partitions of the topic that no member owns), the loop is
   alive, no stop was requested, and every dependency check passes (Redis PING, S3 HEAD bucket). The
   checks run in the server's thread, at most once per ``INVAD_READY_CHECK_S``; a request that
   arrives while one is running gets the previous answer, so a black-holed dependency never makes

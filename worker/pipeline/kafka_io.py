@@ -4,6 +4,10 @@ Offsets are committed only by :meth:`KafkaSource.commit`, with explicit "last pr
 values, after the loop has flushed every sink. While a dependency is down the loop pauses every
 partition and calls :meth:`KafkaSource.keepalive` (a ``poll(0)``) so the member stays in the group
 without consuming anything; any record a poll hands back anyway is sought back, never skipped.
+
+Membership is watched on every poll: a member out of a stable group for longer than any legitimate
+rebalance rejoins; a stable member holding no partition asks the broker now and then whether the
+group left a partition to no one, and if so turns unready and then rejoins (:meth:`KafkaSource._watch_idle`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kerrors
+from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -32,6 +37,17 @@ _OWNERSHIP_LOST = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError, 
 LAG_REFRESH_S = 5.0
 # A record the broker (or our producer's max_request_size) refuses for its size: never retried as is.
 _TOO_LARGE = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError)
+# A poll that fails at once (broker or coordinator unreachable) waits this long before the next try,
+# whatever timeout it was given: a keepalive's poll(0) must not turn an outage into a busy loop.
+POLL_ERROR_PAUSE_S = 0.5
+# Per partition and fetch, at most this much is fetched (kafka-python's default is 1 MiB). A poll
+# hands out one partition's fetched records before the next one's, so with 1 MiB a backlog of some
+# 3,000 small ImageRefs on one partition held back the worker's other partitions for minutes (the
+# soak: 159 s after a rebalance). A record larger than this still comes whole (Kafka returns at
+# least one record batch per partition), so this bounds fairness, not message size.
+PARTITION_FETCH_BYTES = 64 * 1024
+# Group states in which the coordinator is moving partitions: their description proves nothing yet.
+_REBALANCING = ("PreparingRebalance", "CompletingRebalance")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -75,6 +91,33 @@ async def commit_in_listener(consumer: KafkaConsumer, offsets: dict[TopicPartiti
     loop, where the blocking ``commit()`` would raise; ``commit_async()`` returns a kafka Future,
     which is awaitable there (public API, tested against the broker for the pinned 3.0.x)."""
     await consumer.commit_async(offsets)
+
+
+def group_gap(description: dict, topic: str, partitions: set[int], member_id: str) -> str | None:
+    """What a stable member holding no partition must not sit out, read from its group's description
+    (one value of kafka-python 3.0's ``KafkaAdminClient.describe_groups``); None when all is well, or
+    when nothing can be told (the group is rebalancing, the answer is an error or undecodable).
+
+    Two stalls count: partitions of ``topic`` that no member owns (a leader assigned them to no one,
+    as kafka-python's range assignor does when its metadata lacks the topic), and ``member_id`` missing
+    from the member list (the coordinator dropped us while we still believe we are stable)."""
+    if description.get("error") or description.get("group_state") in _REBALANCING:
+        return None
+    members = description.get("members") or []
+    if member_id not in {member.get("member_id") for member in members}:
+        return f"this member is not in the group's member list (group state {description.get('group_state')})"
+    owned: set[int] = set()
+    for member in members:
+        assignment = member.get("member_assignment")
+        if not assignment:  # no assignment at all: owns nothing
+            continue
+        if not isinstance(assignment, dict):  # bytes the admin client could not decode: can't tell
+            return None
+        for entry in assignment.get("assigned_partitions") or []:
+            if entry.get("topic") == topic:
+                owned.update(entry.get("partitions") or [])
+    unowned = sorted(set(partitions) - owned)
+    return f"partitions {unowned} of {topic} are owned by no member" if unowned else None
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -124,8 +167,11 @@ class KafkaSource:
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             max_poll_interval_ms=config.max_poll_interval_ms, session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms, request_timeout_ms=30_000,
-            reconnect_backoff_max_ms=5_000)
+            reconnect_backoff_max_ms=5_000, max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
         settings.update(overrides)
+        self._admin_settings = {k: v for k, v in settings.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+        self._admin_settings.update(client_id=f"{config.worker_id}-admin", request_timeout_ms=10_000,
+                                    bootstrap_timeout_ms=10_000)
         self._consumer = _connect(lambda: KafkaConsumer(**settings), settings)
         self._revoked: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], int] = {}  # flushed, not yet committed
@@ -135,6 +181,11 @@ class KafkaSource:
         # at most max.poll.interval.ms for slow members) rejoins from scratch instead of idling.
         self._rejoin_after_s = 2 * config.max_poll_interval_ms / 1000 + config.session_timeout_ms / 1000
         self._unstable_since: float | None = None
+        # An idle stable member watches for partitions no member owns (see _watch_idle).
+        self._stall: str | None = None  # the problem found, until a check finds none or we get partitions
+        self._stall_since: float | None = None
+        self._stall_checked_at = float("-inf")
+        self._admin: KafkaAdminClient | None = None
         self._lag: dict[tuple[str, int], int] = {}
         self._lag_at = float("-inf")
         self._consumer.subscribe([config.topic], listener=_Listener(self))
@@ -181,23 +232,71 @@ class KafkaSource:
         return batch
 
     def healthy(self) -> bool:
-        """True while this consumer is a stable member of its group (with or without partitions)."""
+        """True while this consumer is a stable member of its group (with or without partitions) and no
+        stall was found: holding no partition, it saw none of the topic left without an owner."""
+        return self._stable() and self._stall is None
+
+    def _stable(self) -> bool:
         return self._consumer.group_metadata().state == MemberState.STABLE
 
     def _watch_membership(self) -> None:
-        if self.healthy():
+        if self._stable():
             self._unstable_since = None
+            self._watch_idle()
             return
         now = time.monotonic()
         if self._unstable_since is None:
             self._unstable_since = now
         elif now - self._unstable_since > self._rejoin_after_s:
-            log.error("group_membership_stalled", state=self._consumer.group_metadata().state,
-                      seconds=round(now - self._unstable_since), action="unsubscribe and subscribe again")
-            self._done.clear()  # whatever we held is someone else's now, restarting from the last commit
-            self._consumer.unsubscribe()
-            self._consumer.subscribe([self.config.topic], listener=_Listener(self))
+            self._rejoin("group_membership_stalled", state=self._consumer.group_metadata().state,
+                         seconds=round(now - self._unstable_since))
             self._unstable_since = now
+
+    def _watch_idle(self) -> None:
+        """A stable member that holds no partition asks the broker, at most every ``stall_check_s``,
+        whether the group left a partition of the topic to no one (or dropped us: :func:`group_gap`).
+        While it did, this member is unready; still so ``stall_rejoin_s`` after it was first seen, the
+        member rejoins, which makes the leader assign every partition again. A member holding
+        partitions never asks: the cost is one DescribeGroups request per idle member and interval."""
+        interval = self.config.stall_check_s
+        if not interval or self._consumer.assignment():
+            self._clear_stall()
+            return
+        now = time.monotonic()
+        if now - self._stall_checked_at < interval:
+            return
+        self._stall_checked_at = now
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self._admin_settings)
+            description = self._admin.describe_groups([self.config.group]).get(self.config.group, {})
+            gap = group_gap(description, self.config.topic, self._consumer.partitions_for_topic(self.config.topic)
+                            or set(), self._consumer.group_metadata().member_id)
+        except Exception as error:  # noqa: BLE001 - a probe: the next one may answer; nothing else depends on it
+            log.warning("group_describe_failed", error=repr(error))
+            return
+        if gap is None:
+            self._clear_stall()
+            return
+        if self._stall_since is None:
+            self._stall_since = now
+            log.error("group_stall_detected", problem=gap, ready=False, rejoin_in_s=self.config.stall_rejoin_s)
+        self._stall = gap
+        if now - self._stall_since >= self.config.stall_rejoin_s:
+            self._rejoin("group_stall_rejoin", problem=gap, seconds=round(now - self._stall_since))
+            self._stall_since = now  # unready until a check after the rejoin finds the group whole
+
+    def _clear_stall(self) -> None:
+        if self._stall is not None:
+            log.info("group_stall_cleared", assigned=sorted(tp.partition for tp in self._consumer.assignment()))
+        self._stall = self._stall_since = None
+
+    def _rejoin(self, event: str, **fields: Any) -> None:
+        """Leave the group and subscribe again: the group rebalances and this member joins afresh."""
+        log.error(event, action="unsubscribe and subscribe again", **fields)
+        self._done.clear()  # whatever we held is someone else's now, restarting from the last commit
+        self._consumer.unsubscribe()
+        self._consumer.subscribe([self.config.topic], listener=_Listener(self))
 
     def give_back(self, messages: list[Message]) -> None:
         """Messages dropped unprocessed after a revocation. If their partition was assigned straight
@@ -218,7 +317,7 @@ class KafkaSource:
         except (kerrors.KafkaError, OSError) as error:
             if is_transient(error):
                 log.warning("poll_failed", error=repr(error))
-                time.sleep(min(0.5, timeout_ms / 1000))  # never spin on an error that returns at once
+                time.sleep(POLL_ERROR_PAUSE_S)  # never spin on an error that returns at once
                 return {}
             raise
         self._last_poll = time.monotonic()
@@ -319,6 +418,11 @@ class KafkaSource:
             self._consumer.close(autocommit=False, timeout_ms=10_000)
         except Exception as error:  # noqa: BLE001 - shutting down; the group times us out anyway
             log.warning("consumer_close_failed", error=repr(error))
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception as error:  # noqa: BLE001
+                log.warning("admin_close_failed", error=repr(error))
 
 
 class KafkaDeadLetters:

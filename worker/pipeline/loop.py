@@ -84,7 +84,7 @@ class Source(Protocol):
     def resume(self) -> None: ...
     def keepalive(self) -> None: ...  # stay in the group while paused; must not consume records
     def keepalive_if_due(self) -> None: ...  # keepalive() when a long batch nears max.poll.interval.ms
-    def healthy(self) -> bool: ...  # a member of its group (Kafka) / always (embedded): the readiness signal
+    def healthy(self) -> bool: ...  # a working group member (Kafka) / always (embedded): the readiness signal
     def take_revoked(self) -> set[tuple[str, int]]: ...  # partitions lost since the last call
     def give_back(self, messages: list[Message]) -> None: ...  # dropped unprocessed: re-read if still ours
     def close(self) -> None: ...
