@@ -242,10 +242,15 @@ class Loop:
             self._recover(current, error)
             return True
 
+    def _submit_fetch(self, work: BatchWork) -> Any:
+        """Start fetching the batch's live items in the pool (each prepared at its model's input size)."""
+        work.fetch_items = [item for item in work.items if item.bad is None]
+        return self.fetcher.submit([item.ref.uri for item in work.fetch_items],
+                                   [_input_size(item) for item in work.fetch_items])
+
     def _start_fetch(self, work: BatchWork) -> None:
-        live = [item for item in work.items if item.bad is None]
-        work.fetch_items, work.fetch_started = live, time.perf_counter()
-        work.fetching = self.fetcher.submit([item.ref.uri for item in live], [_input_size(item) for item in live])
+        work.fetch_started = time.perf_counter()
+        work.fetching = self._submit_fetch(work)
 
     def _finish_fetch(self, work: BatchWork) -> None:
         pending, work.fetching = work.fetching, None
@@ -412,9 +417,8 @@ class Loop:
                 item.bad = _processing_failed("decode", item, error)
 
     def _stage_fetch(self, work: BatchWork) -> None:
-        live = [item for item in work.items if item.bad is None]
-        self._apply_fetched(live, self.fetcher.fetch_all([item.ref.uri for item in live],
-                                                         [_input_size(item) for item in live]))
+        outcomes = self._submit_fetch(work).result()  # sets work.fetch_items: read it after
+        self._apply_fetched(work.fetch_items, outcomes)
 
     @staticmethod
     def _apply_fetched(items: list[Item], outcomes: list[Any]) -> None:
