@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """Every test ends with structlog back at its defaults. A command run in-process configures logging
+    for the whole process, and ``structlog.testing.capture_logs`` leaves structlog marked configured
+    (with console output on stdout), so the next test's command would skip its own configuration and
+    print log lines where a test reads its output."""
+    import structlog
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="session")
 def texture_category(tmp_path_factory) -> Path:
     """An MVTec AD layout category of generated textures (80 train, 8 good + 8 defective test)."""

@@ -186,11 +186,7 @@ def test_invad_work_embedded_cli_with_the_real_model(image_folder, tiny_bundle, 
     monkeypatch.setenv("INVAD_MODELS", str(tiny_bundle))
     args = parser.parse_args(["--source", str(folder), "--sqlite", str(tmp_path / "s.db"), "--out", str(tmp_path / "o"),
                               "--device", "cpu", "--batch-size", "4"])
-    import structlog
-    try:
-        assert run(args) == 0
-    finally:
-        structlog.reset_defaults()  # run() configured JSON logging for the process; undo it for other tests
+    assert run(args) == 0  # it configures JSON logging on stderr (reset after the test by tests/conftest.py)
     summary = json.loads(capsys.readouterr().out)
     assert summary["scored"] == len(labels) and summary["dead_lettered"] == {}
     flagged = _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM scores WHERE is_anomaly = 1")[0][0]
