@@ -24,3 +24,42 @@ def test_summary_gives_mean_and_sample_spread_per_variant_over_seeds():
     assert auroc["std"] == pytest.approx(np.std([0.7, 0.8, 0.9], ddof=1))
     assert auroc["values"] == [0.7, 0.8, 0.9]
     assert "| base / S=3 map_max | 0.800 ± 0.100 |" in markdown(summary, [0, 1, 2])
+
+
+def test_scoring_variants_standardise_each_class_on_its_calibration_normals():
+    """Two classes whose normal features differ by an offset: every variant's scores of both classes' normals
+    land on one scale, and a defect (a bump in one cell) outranks the normals of either class."""
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig, build_detector
+    from worker.quality.protocol import scoring_variants
+
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig(image_size=64, classes=("a", "b")),
+                              TrainConfig(width=16, num_blocks=1)).eval()
+    c, g = detector.extractor.channels, detector.extractor.grid
+
+    def normals(n, label):
+        return torch.randn(n, c, g, g) * (1 + label) + 3 * label, torch.full((n,), label)
+
+    sets = {name: [normals(n, 0), normals(n, 1)] for name, n in (("train", 40), ("calib", 30), ("test", 20))}
+    feats = {k: torch.cat([f for f, _ in v]) for k, v in sets.items()}
+    labels = {k: torch.cat([lab for _, lab in v]) for k, v in sets.items()}
+    bumped = feats["test"][[0, 20]].clone()
+    bumped[:, :, 1, 1] += 25.0  # one defective cell in an image of each class
+    feats["test"] = torch.cat([feats["test"], bumped])
+    labels["test"] = torch.cat([labels["test"], torch.tensor([0, 1])])
+    feats["loc"], labels["loc"] = feats["test"], labels["test"]
+    out = scoring_variants(detector, feats, labels, steps_list=(1,), reconstruction=False)
+    for variant, (scores, grid, ms) in out["test"].items():
+        assert scores.shape == (42,) and grid.shape == (42, g, g) and ms >= 0
+        normal = scores[:40]
+        assert abs(float(normal[:20].mean() - normal[20:].mean())) < 1.5, variant  # one scale for both classes
+        if "max" in variant or "gaussian" in variant:  # a top-16 mean of this 4 x 4 grid dilutes one cell
+            assert float(scores[40:].min()) > float(normal.max()), variant
+
+
+def test_the_cli_lists_every_hypothesis():
+    from worker.quality.cli import HYPOTHESIS_NAMES
+    from worker.quality.protocol import HYPOTHESES
+
+    assert HYPOTHESIS_NAMES == tuple(HYPOTHESES)

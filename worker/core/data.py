@@ -8,6 +8,9 @@ MVTec AD layout (the de-facto standard):
 ELPV (``elpv-dataset`` on PyPI, 2,624 cells): cells labelled 0.0 are normal, 1.0 defective; 1/3 and
 2/3 are left out. Fixed split: the normal cells sorted by file name and shuffled with
 ``numpy.random.default_rng(0)``; the first 60 % train, the remaining 40 % and every defective cell test.
+Each ELPV sample's ``cls`` is its cell type, ``mono`` or ``poly`` (monocrystalline cells are uniform,
+polycrystalline ones show a grain texture): ``elpv/mono`` and ``elpv/poly`` name one type's cells, so
+``invad train elpv/mono elpv/poly`` trains a class-conditional bundle, as a line making one kind would.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from .imagefiles import IMAGE_EXTENSIONS, list_image_files
 
 ELPV = "elpv"
+ELPV_TYPES = ("mono", "poly")
 ELPV_TRAIN_FRACTION = 0.6
 
 
@@ -54,8 +58,8 @@ def normal_training_images(data: str | os.PathLike) -> list[Path]:
         DatasetLayoutError: the folder does not exist, holds no images, or is an MVTec category
             without ``train/good``.
     """
-    if str(data) == ELPV:
-        return [s.path for s in elpv_split()[0]]
+    if str(data) == ELPV or is_elpv_type(data):
+        return [s.path for s in elpv_split()[0] if str(data) == ELPV or s.cls == Path(data).name]
     folder = Path(data)
     if not folder.is_dir():
         raise DatasetLayoutError(f"training data {folder} is not a folder")
@@ -102,31 +106,44 @@ def elpv_root() -> Path:
     return Path(elpv_dataset.__file__).parent / "data"
 
 
+def is_elpv_type(data: str | os.PathLike) -> bool:
+    """``data`` names one ELPV cell type (``elpv/mono``, ``elpv/poly``) rather than a folder."""
+    parts = Path(data).parts
+    return len(parts) == 2 and parts[0] == ELPV and parts[1] in ELPV_TYPES and not Path(data).exists()
+
+
 def elpv_split() -> tuple[list[Sample], list[Sample]]:
-    """(train, test) samples of the fixed ELPV split described in the module docstring."""
+    """(train, test) samples of the fixed ELPV split described in the module docstring; ``cls`` = cell type."""
     root = elpv_root()
     rows = np.genfromtxt(root / "labels.csv", dtype=["|S64", "<f8", "|S8"], names=["path", "probability", "type"])
+    kinds = {p.decode(): t.decode() for p, t in zip(rows["path"], rows["type"])}
     normal = sorted(str(p.decode()) for p, prob in zip(rows["path"], rows["probability"]) if prob == 0.0)
     defective = sorted(str(p.decode()) for p, prob in zip(rows["path"], rows["probability"]) if prob == 1.0)
     order = np.random.default_rng(0).permutation(len(normal))
     cut = int(round(ELPV_TRAIN_FRACTION * len(normal)))
-    train = [Sample(root / normal[i], 0) for i in order[:cut]]
-    test = [Sample(root / normal[i], 0) for i in sorted(order[cut:])]
-    test += [Sample(root / p, 1, None, "defect") for p in defective]
+    train = [Sample(root / normal[i], 0, cls=kinds[normal[i]]) for i in order[:cut]]
+    test = [Sample(root / normal[i], 0, cls=kinds[normal[i]]) for i in sorted(order[cut:])]
+    test += [Sample(root / p, 1, None, "defect", kinds[p]) for p in defective]
     return train, test
 
 
 def test_samples(data: str | os.PathLike, classes: Sequence[str] = ("default",)) -> list[Sample]:
     """Labelled samples of a bundle's ``classes``, each tagged with its class (``Sample.cls``).
 
-    One class: ``data`` is ``elpv`` or an MVTec AD category. Several (a class-conditional bundle):
-    ``data`` holds one MVTec AD category per class, named like the class (``DATA/<class>/test/...``).
+    One class: ``data`` is ``elpv`` (or ``elpv/<type>``) or an MVTec AD category. Several (a class-conditional
+    bundle): ``data`` holds one MVTec AD category per class, named like the class (``DATA/<class>/test/...``),
+    or is ``elpv`` for a bundle of ELPV cell types (each test cell scored as its own type).
 
     Raises:
         DatasetLayoutError: a class has no category folder, or a category is not in the MVTec layout.
     """
+    if str(data) == ELPV and set(classes) <= set(ELPV_TYPES) and len(classes) > 1:
+        return [s for s in elpv_split()[1] if s.cls in classes]
     if len(classes) == 1:
-        samples = elpv_split()[1] if str(data) == ELPV else mvtec_test_set(data)
+        if str(data) == ELPV or is_elpv_type(data):
+            samples = [s for s in elpv_split()[1] if str(data) == ELPV or s.cls == Path(data).name]
+        else:
+            samples = mvtec_test_set(data)
         return [replace(s, cls=classes[0]) for s in samples]
     root = Path(data)
     missing = [name for name in classes if not (root / name).is_dir()]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The names of worker.quality.protocol.HYPOTHESES (that module imports torch; a test keeps the two equal).
+HYPOTHESIS_NAMES = ("base", "nbhd3", "type", "type-nbhd3", "grid8", "type-grid8", "lite2", "type-lite2", "long",
+                    "wide")
+
 
 def add_quality(sub) -> None:
     p = sub.add_parser("quality", help="multi-seed ELPV evaluation protocol, synthetic-defect localisation set",
@@ -16,7 +20,7 @@ def add_quality(sub) -> None:
     s = q.add_parser("seeds", help="train and evaluate N seeds, mean and spread per metric")
     s.add_argument("--out", required=True, help="JSON report path (.md and .png written beside it)")
     s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    s.add_argument("--hypotheses", default="base", help="comma list: base, nbhd3, long, wide (default base)")
+    s.add_argument("--hypotheses", default="base", help=f"comma list of {', '.join(HYPOTHESIS_NAMES)} (default base)")
     s.add_argument("--iterations", type=int, default=None, help="denoiser training steps (default: training's)")
     s.add_argument("--batch-size", type=int, default=None, help="denoiser training batch (default: training's)")
     s.add_argument("--no-reconstruction", action="store_true",
@@ -41,6 +45,8 @@ def add_calibrate(sub) -> None:
     p.add_argument("normals", help="folder of normal images (or an MVTec category: its train/good)")
     p.add_argument("--out", default=None, help="bundle folder to write (default: overwrite BUNDLE)")
     p.add_argument("--target-fpr", type=float, default=None, help="new target false-positive rate (default: the bundle's)")
+    p.add_argument("--product", default=None,
+                   help="the product whose normals these are (required for a class-conditional bundle)")
     p.add_argument("--device", default=None)
     p.set_defaults(run=_run_calibrate)
 
@@ -52,7 +58,7 @@ def _run_calibrate(args) -> int:
 
     if args.target_fpr is not None and not 0.0 < args.target_fpr < 1.0:
         raise ValueError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
-    summary = recalibrate(args.bundle, args.normals, args.out, args.device, args.target_fpr)
+    summary = recalibrate(args.bundle, args.normals, args.out, args.device, args.target_fpr, product=args.product)
     if summary["warning"]:
         print(f"invad calibrate: warning: {summary['warning']}", file=sys.stderr)
     print(json.dumps(summary, indent=2))

@@ -130,6 +130,25 @@ def draw_defect(image: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np
     return out, mask
 
 
+def localisation_sources(normals: Sequence[Path], seed: int = 0, n_good: int = 100,
+                         per_kind: int = 50) -> dict[str, Path]:
+    """{image path relative to the set's root: the normal image it is made from} of the set
+    :func:`write_localisation_set` writes with the same arguments.
+
+    Raises:
+        ValueError: fewer normal images than the set needs.
+    """
+    needed = n_good + per_kind * len(KINDS)
+    if len(normals) < needed:
+        raise ValueError(f"the localisation set needs {needed} normal images, got {len(normals)}; "
+                         "lower n_good or per_kind")
+    chosen = [Path(normals[i]) for i in np.random.default_rng(seed).permutation(len(normals))[:needed]]
+    plan = {f"test/good/{i:04d}.png": chosen[i] for i in range(n_good)}
+    for k, kind in enumerate(KINDS):
+        plan.update({f"test/{kind}/{j:04d}.png": chosen[n_good + k * per_kind + j] for j in range(per_kind)})
+    return plan
+
+
 def write_localisation_set(out: str | Path, normals: Sequence[Path], seed: int = 0, n_good: int = 100,
                            per_kind: int = 50) -> Path:
     """An MVTec AD category at ``out`` made of held-out normal images: ``n_good`` left untouched, then
@@ -139,22 +158,16 @@ def write_localisation_set(out: str | Path, normals: Sequence[Path], seed: int =
         ValueError: fewer normal images than the set needs.
     """
     out = Path(out)
-    needed = n_good + per_kind * len(KINDS)
-    if len(normals) < needed:
-        raise ValueError(f"the localisation set needs {needed} normal images, got {len(normals)}; "
-                         "lower n_good or per_kind")
-    order = np.random.default_rng(seed).permutation(len(normals))[:needed]
-    chosen = [Path(normals[i]) for i in order]
-    (out / "test" / "good").mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(chosen[:n_good]):
-        Image.open(path).convert("L").save(out / "test" / "good" / f"{i:04d}.png")
-    for k, kind in enumerate(KINDS):
-        images, masks = out / "test" / kind, out / "ground_truth" / kind
-        images.mkdir(parents=True, exist_ok=True)
-        masks.mkdir(parents=True, exist_ok=True)
-        for j in range(per_kind):
-            path = chosen[n_good + k * per_kind + j]
-            defective, mask = draw_defect(np.asarray(Image.open(path).convert("L")), kind, seed * 100_003 + k * 1_009 + j)
-            Image.fromarray(defective).save(images / f"{j:04d}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"{j:04d}_mask.png")
+    for kind in ("good", *KINDS):
+        (out / "test" / kind).mkdir(parents=True, exist_ok=True)
+        if kind != "good":
+            (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+    for relative, source in localisation_sources(normals, seed, n_good, per_kind).items():
+        image = np.asarray(Image.open(source).convert("L"))
+        kind, stem = Path(relative).parent.name, Path(relative).stem
+        if kind != "good":
+            k, j = KINDS.index(kind), int(stem)
+            image, mask = draw_defect(image, kind, seed * 100_003 + k * 1_009 + j)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "ground_truth" / kind / f"{stem}_mask.png")
+        Image.fromarray(image).save(out / relative)
     return out

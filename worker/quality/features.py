@@ -27,7 +27,8 @@ def raw_features(config: DetectorConfig, name: str, paths: Sequence[Path], batch
     digest = hashlib.sha256()
     for path in paths:
         digest.update(f"{path}|{Path(path).stat().st_size}\n".encode())
-    folder = cache_root() / f"{config.backbone}-{config.image_size}-{'_'.join(map(str, config.strides))}"
+    grid = f"-g{config.grid_stride}" if config.grid_stride else ""
+    folder = cache_root() / f"{config.backbone}-{config.image_size}-{'_'.join(map(str, config.strides))}{grid}"
     file = folder / f"{name}-{digest.hexdigest()[:16]}.pt"
     if file.is_file():
         return torch.load(file)

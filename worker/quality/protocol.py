@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.config import DetectorConfig
-from ..core.data import elpv_split, mvtec_test_set
+from ..core.data import ELPV_TYPES, elpv_split, mvtec_test_set
 from ..core.denoiser import FeatureDenoiser
 from ..core.detector import Detector
 from ..core.evaluate import pixel_maps
@@ -35,7 +35,7 @@ from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
 from ..core.scoring import fit_standardiser, latent_nll, latent_norm_map
 from ..core.train import TrainConfig, build_detector, calibrate, feature_statistics, split_normals, train_denoiser
-from .defects import write_localisation_set
+from .defects import localisation_sources, write_localisation_set
 from .features import cache_root, raw_features
 
 LOCALISATION_SET = "localisation-v1"
@@ -48,13 +48,24 @@ class Hypothesis:
 
     name: str
     train: dict = field(default_factory=dict)  # TrainConfig overrides
+    detector: dict = field(default_factory=dict)  # DetectorConfig overrides (features: their own extraction)
     neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
+    by_type: bool = False  # one class per ELPV cell type (mono, poly): a class-conditional bundle
     what: str = ""
 
 
 HYPOTHESES = {
     "base": Hypothesis("base", what="the shipped defaults"),
     "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
+    "type": Hypothesis("type", by_type=True, what="class-conditional on the cell type (mono, poly)"),
+    "type-nbhd3": Hypothesis("type-nbhd3", neighbourhood=3, by_type=True,
+                             what="class-conditional on the cell type, 3x3 neighbourhood mean"),
+    "grid8": Hypothesis("grid8", detector={"grid_stride": 8}, what="32 x 32 latent grid (stride 8)"),
+    "type-grid8": Hypothesis("type-grid8", detector={"grid_stride": 8}, by_type=True,
+                             what="class-conditional on the cell type, 32 x 32 latent grid (stride 8)"),
+    "lite2": Hypothesis("lite2", detector={"backbone": "efficientnet-lite2"}, what="EfficientNet-Lite2 features"),
+    "type-lite2": Hypothesis("type-lite2", detector={"backbone": "efficientnet-lite2"}, by_type=True,
+                             what="class-conditional on the cell type, EfficientNet-Lite2 features"),
     "long": Hypothesis("long", {"iterations": 3000}, what="twice the training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -76,33 +87,52 @@ class Data:
     loc: torch.Tensor
     loc_labels: np.ndarray
     loc_masks: np.ndarray  # (N, size, size) bool
+    types: dict[str, torch.Tensor]  # {"train" | "test" | "loc": cell type index (N,) into ELPV_TYPES}
 
 
 def load_data(config: DetectorConfig, progress: bool = True) -> Data:
     train_samples, test = elpv_split()
     loc_root = cache_root() / LOCALISATION_SET
+    normals = [s.path for s in test if s.label == 0]
     if not (loc_root / "test").is_dir():
-        write_localisation_set(loc_root, [s.path for s in test if s.label == 0], seed=0)
+        write_localisation_set(loc_root, normals, seed=0)
     loc = mvtec_test_set(loc_root)
     size = config.image_size
     masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool) for s in loc])
     paths = [s.path for s in train_samples]
+    type_of = {s.path: ELPV_TYPES.index(s.cls) for s in train_samples + test}
+    sources = localisation_sources(normals, seed=0)
+    index = lambda paths: torch.tensor([type_of[p] for p in paths], dtype=torch.long)  # noqa: E731
+    types = {"train": index(paths), "test": index([s.path for s in test]),
+             "loc": index([sources[s.path.relative_to(loc_root).as_posix()] for s in loc])}
     return Data(paths, raw_features(config, "elpv-train", paths, progress=progress),
                 raw_features(config, "elpv-test", [s.path for s in test], progress=progress),
                 np.array([s.label for s in test]),
                 raw_features(config, LOCALISATION_SET, [s.path for s in loc], progress=progress),
-                np.array([s.label for s in loc]), masks)
+                np.array([s.label for s in loc]), masks, types)
 
 
-def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int,
-               base_train: TrainConfig, progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], float]:
-    """A trained, calibrated detector for one seed and its standardised feature sets."""
+def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
+               progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """A trained detector for one seed, its standardised feature sets and their class labels.
+
+    A hypothesis ``by_type`` splits each cell type's normals as ``invad train elpv/mono elpv/poly`` does
+    (a class-conditional bundle); otherwise all normals form one class.
+    """
     tc = replace(base_train, seed=seed, **hypothesis.train)
     index = {p: i for i, p in enumerate(data.train_paths)}
-    train_part, calib_part = split_normals(data.train_paths, tc.calib_fraction, seed)
-    raw = {"train": data.train[[index[p] for p in train_part]], "calib": data.train[[index[p] for p in calib_part]],
-           "test": data.test, "loc": data.loc}
+    groups = ([[p for p, t in zip(data.train_paths, data.types["train"]) if t == k] for k in range(len(ELPV_TYPES))]
+              if hypothesis.by_type else [data.train_paths])
+    splits = [split_normals(group, tc.calib_fraction, seed) for group in groups]
+    parts = {"train": [p for tr, _ in splits for p in tr], "calib": [p for _, ca in splits for p in ca]}
+    raw = {k: data.train[[index[p] for p in v]] for k, v in parts.items()} | {"test": data.test, "loc": data.loc}
     raw = {k: aggregate(v, hypothesis.neighbourhood) for k, v in raw.items()}
+    if hypothesis.by_type:
+        labels = {k: data.types["train"][[index[p] for p in v]] for k, v in parts.items()}
+        labels |= {k: data.types[k] for k in ("test", "loc")}
+        config = replace(config, classes=ELPV_TYPES)
+    else:
+        labels = {k: torch.zeros(len(v), dtype=torch.long) for k, v in raw.items()}
     detector = build_detector(config, tc)
     mean, std = feature_statistics(raw["train"])
     detector.feature_mean.copy_(mean)
@@ -111,18 +141,17 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     torch.manual_seed(seed)
     initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
     clock = time.perf_counter()
-    zeros = torch.zeros(len(feats["train"]), dtype=torch.long)
-    denoiser, _ = train_denoiser(initial, feats["train"], zeros, tc, detector.alphas_cumprod,
+    denoiser, _ = train_denoiser(initial, feats["train"], labels["train"], tc, detector.alphas_cumprod,
                                  torch.device("cpu"), progress=progress)
     detector.denoiser = denoiser.eval()
-    return detector, feats, time.perf_counter() - clock
+    return detector, feats, labels, time.perf_counter() - clock
 
 
 @torch.no_grad()
-def inversion_path(detector: Detector, x0: torch.Tensor, steps: int, batch: int = 128) -> list[torch.Tensor]:
+def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
+                   batch: int = 128) -> list[torch.Tensor]:
     """[x_1, ..., x_S] of the DDIM inversion of x0 (one step at a time: S network evaluations in all)."""
     timesteps = inversion_timesteps(steps, len(detector.alphas_cumprod))
-    labels = torch.zeros(len(x0), dtype=torch.long)
     out: list[list[torch.Tensor]] = [[] for _ in range(steps)]
     for start in range(0, len(x0), batch):
         x, eps = x0[start:start + batch], detector.eps_fn(labels[start:start + batch])
@@ -132,56 +161,87 @@ def inversion_path(detector: Detector, x0: torch.Tensor, steps: int, batch: int 
     return [torch.cat(chunks) for chunks in out]
 
 
-def _standardised_maps(path: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-    return [(latent_norm_map(x) - mu) / sd for x, (mu, sd) in zip(path, stats)]
+def class_statistics(values: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``values`` (N, ...) per class: two (classes, ...) tensors."""
+    pairs = [fit_standardiser(values[labels == k]) for k in range(classes)]
+    return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
+
+
+Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
+
+
+def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
+                    stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Scored:
+    path = inversion_path(detector, x0, labels, steps)
+    maps = [(latent_norm_map(x) - mean[labels]) / std[labels] for x, (mean, std) in zip(path, stats)]
+    last, ensemble = maps[-1], torch.stack(maps).mean(0)
+    flat = last.flatten(1)
+    nll = latent_nll(path[-1])
+    rows = {f"S={steps} shipped (nll+map_max)": (detector.combine({"nll": nll, "map_max": flat.max(1).values}, labels), last),
+            f"S={steps} nll": (nll, last), f"S={steps} map_max": (flat.max(1).values, last)}
+    for k in TOPK:
+        rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last)
+    rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble)
+    rows[f"S={steps} path ensemble top4"] = (ensemble.flatten(1).topk(4, dim=1).values.mean(1), ensemble)
+    return rows
 
 
 @torch.no_grad()
-def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], steps_list: Sequence[int] = (3, 5),
+def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                     steps_list: Sequence[int] = (3, 5),
                      reconstruction: bool = True) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
-    """{set: {variant: (image scores (N,), grid maps (N, g, g), ms per image)}} for the test and loc sets."""
+    """{set: {variant: (image scores (N,), grid maps (N, g, g), ms per image)}} for the test and loc sets,
+    and {"thresholds": {variant: the calibrated threshold of each test image (N,)}} for the shipped score.
+
+    Statistics are fitted per class on the training normals. The shipped score is the bundle's calibrated
+    one; every other image score is standardised per class on the calibration normals, which leaves a
+    one-class AUROC unchanged and makes the scores of several classes comparable, as calibration does.
+    """
     base_config = detector.config
-    zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    classes = len(detector.classes)
     out: dict[str, dict] = {"test": {}, "loc": {}}
+    scored: dict[str, Scored] = {"calib": {}, "test": {}, "loc": {}}
+    ms: dict[str, float] = {}
+    thresholds: dict[str, torch.Tensor] = {}  # the bundle's threshold of each test image, shipped rows only
+    detector.gauss_mean, detector.gauss_std = class_statistics(feats["train"], labels["train"], classes)
     for steps in steps_list:
         detector.config = replace(base_config, steps=steps, score_components=("nll", "map_max"))
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
-        train_path = inversion_path(detector, feats["train"], steps)
-        stats = [fit_standardiser(latent_norm_map(x)) for x in train_path]
-        detector.position_mean[0], detector.position_std[0] = stats[-1]
-        detector.gauss_mean[0], detector.gauss_std[0] = fit_standardiser(feats["train"])
+        train_path = inversion_path(detector, feats["train"], labels["train"], steps)
+        stats = [class_statistics(latent_norm_map(x), labels["train"], classes) for x in train_path]
+        detector.position_mean, detector.position_std = stats[-1]
         del train_path
-        calibrate(detector, feats["calib"], zeros(len(feats["calib"])))
-        for name in ("test", "loc"):
-            x0 = feats[name]
+        calibrate(detector, feats["calib"], labels["calib"])
+        thresholds[f"S={steps} shipped (nll+map_max)"] = detector.thresholds[labels["test"]].clone()
+        for name in scored:
             clock = time.perf_counter()
-            path = inversion_path(detector, x0, steps)
-            invert_ms = 1e3 * (time.perf_counter() - clock) / len(x0)
-            clock = time.perf_counter()
-            maps = _standardised_maps(path, stats)
-            last = maps[-1]
-            flat = last.flatten(1)
-            nll = latent_nll(path[-1])
-            calibrated = detector.combine({"nll": nll, "map_max": flat.max(1).values}, zeros(len(x0)))
-            ms = invert_ms + 1e3 * (time.perf_counter() - clock) / len(x0)
-            ensemble = torch.stack(maps).mean(0)
-            rows = out[name]
-            rows[f"S={steps} shipped (nll+map_max)"] = (calibrated, last, ms)
-            rows[f"S={steps} map_max"] = (flat.max(1).values, last, ms)
-            for k in TOPK:
-                rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last, ms)
-            rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble, ms)
-            rows[f"S={steps} path ensemble top4"] = (ensemble.flatten(1).topk(4, dim=1).values.mean(1), ensemble, ms)
+            rows = _inversion_rows(detector, feats[name], labels[name], steps, stats)
+            scored[name].update(rows)
+            ms.update(dict.fromkeys(rows, 1e3 * (time.perf_counter() - clock) / len(feats[name])))
     detector.config = base_config
     baselines = [("gaussian", "per-position gaussian")]
     if reconstruction:
         baselines.append(("reconstruction", "reconstruction t=400 S=10"))
-    for name in ("test", "loc"):
-        for kind, label in baselines:
+    for kind, label in baselines:
+        for name in scored:
             clock = time.perf_counter()
-            comps, grid = detector.score_features(feats[name], zeros(len(feats[name])), kind)
-            out[name][label] = (comps["map_max"], grid, 1e3 * (time.perf_counter() - clock) / len(feats[name]))
+            comps, grid = detector.score_features(feats[name], labels[name], kind)
+            scored[name][label] = (comps["map_max"], grid)
+            ms[label] = 1e3 * (time.perf_counter() - clock) / len(feats[name])
+    for variant, (calib_scores, _) in scored["calib"].items():
+        mean, std = class_statistics(calib_scores, labels["calib"], classes)
+        for name in out:
+            score, grid = scored[name][variant]
+            if "shipped" not in variant:
+                score = (score - mean[labels[name]]) / std[labels[name]]
+            out[name][variant] = (score, grid, ms[variant])
+    for steps in steps_list:  # the NLL with the top-16 mean instead of the maximum, each standardised as above
+        nll, top = f"S={steps} nll", f"S={steps} top16 mean"
+        for name in out:
+            out[name][f"S={steps} nll+top16"] = ((out[name][nll][0] + out[name][top][0]) / 2, out[name][top][1],
+                                                 ms[nll])
+    out["thresholds"] = thresholds
     return out
 
 
@@ -191,6 +251,9 @@ def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, d
     for name, (score, _, ms) in variants["test"].items():
         m = image_metrics(score.numpy(), data.test_labels)
         rows[name] = {"image_auroc": m["auroc"], "image_ap": m["ap"], "ms_per_image": ms}
+        if name in variants.get("thresholds", {}):  # the calibrated threshold's rate on held-out normals
+            normal = data.test_labels == 0
+            rows[name]["test_fpr"] = float((score > variants["thresholds"][name]).numpy()[normal].mean())
     for name, (score, grid, _) in variants["loc"].items():
         key = id(grid)
         if key not in pixel_cache:
@@ -203,7 +266,7 @@ def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, d
     return rows
 
 
-METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "loc_image_auroc", "ms_per_image")
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "loc_image_auroc", "ms_per_image", "test_fpr")
 
 
 def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
@@ -213,7 +276,8 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
         for variant, metrics in run["rows"].items():
             row = grouped.setdefault(f"{run['hypothesis']} / {variant}", {})
             for key in METRICS:
-                row.setdefault(key, []).append(metrics[key])
+                if key in metrics:  # test_fpr: shipped rows of runs that measured it
+                    row.setdefault(key, []).append(metrics[key])
     return {name: {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                          "min": float(np.min(v)), "max": float(np.max(v)), "values": v}
                    for key, v in row.items()} for name, row in grouped.items()}
@@ -225,10 +289,11 @@ def markdown(summary: dict, seeds: Sequence[int]) -> str:
 
     lines = [f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}.", "",
              "| hypothesis / scoring | ELPV image AUROC | ELPV AP | synthetic pixel AUROC | synthetic AUPRO | "
-             "denoiser+scoring ms/image |", "|---|---|---|---|---|---|"]
+             "FPR on held-out normals | denoiser+scoring ms/image |", "|---|---|---|---|---|---|---|"]
     for name, row in summary.items():
+        fpr = cell(row["test_fpr"]) if "test_fpr" in row else "-"
         lines.append(f"| {name} | {cell(row['image_auroc'])} | {cell(row['image_ap'])} | {cell(row['pixel_auroc'])} | "
-                     f"{cell(row['aupro'])} | {row['ms_per_image']['mean']:.1f} |")
+                     f"{cell(row['aupro'])} | {fpr} | {row['ms_per_image']['mean']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +334,7 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base_train = base_train or TrainConfig()
-    config = DetectorConfig()
-    data = load_data(config, progress)
+    loaded: dict[DetectorConfig, Data] = {}
     done = json.loads(out.read_text())["runs"] if out.is_file() else []
     runs = []
     for name in hypotheses:
@@ -281,15 +345,21 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
             if previous:
                 runs.append(previous[0])
                 continue
-            detector, feats, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
+            config = replace(DetectorConfig(), **hypothesis.detector)
+            if config not in loaded:
+                loaded.clear()  # one feature set in memory at a time
+                loaded[config] = load_data(config, progress)
+            data = loaded[config]
+            detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
             # S = 3 vs 5 and the reconstruction baseline depend on the denoiser only through its weights:
             # measured for the base hypothesis; other hypotheses are scored at the first step count.
             base = name == "base"
-            variants = scoring_variants(detector, feats, steps_list if base else steps_list[:1],
+            variants = scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
                                         reconstruction=base and reconstruction)
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
-                         "neighbourhood": hypothesis.neighbourhood, "train_seconds": train_s, "rows": rows})
+                         "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
+                         "by_type": hypothesis.by_type, "train_seconds": train_s, "rows": rows})
             if progress:
                 head = rows[f"S={steps_list[0]} shipped (nll+map_max)"]
                 print(f"{name} seed {seed}: trained in {train_s:.0f} s, image AUROC {head['image_auroc']:.3f}, "

@@ -15,13 +15,15 @@ from ..core.scoring import describe_threshold
 
 
 def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None = None, device: str | None = None,
-                target_fpr: float | None = None, batch: int = 16, progress: bool = True) -> dict:
-    """Re-standardise a bundle's score and reset its thresholds on fresh normal images (a new camera, new
+                target_fpr: float | None = None, batch: int = 16, progress: bool = True,
+                product: str | None = None) -> dict:
+    """Re-standardise a bundle's score and reset its threshold on fresh normal images (a new camera, new
     lighting), keeping its denoiser and training statistics; writes ``out`` (default: over ``bundle``).
+    A class-conditional bundle is recalibrated one ``product`` at a time; its other products keep theirs.
 
     Raises:
         BundleError: the bundle cannot be read. DatasetLayoutError: no images in ``normals``.
-        ValueError: a class-conditional bundle (calibrate each product's normals into its own bundle).
+        ValueError: fewer than 2 images, or ``product`` missing or unknown for a class-conditional bundle.
     """
     from dataclasses import replace
 
@@ -32,19 +34,24 @@ def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None 
     from ..core.train import _combined, calibrate, component_matrix, extract_features
 
     detector = Detector.from_pretrained(bundle, device)
-    if len(detector.classes) > 1:
-        raise ValueError(f"{bundle} serves several products {list(detector.classes)}; recalibration of "
-                         "class-conditional bundles is not supported yet: retrain with --calib-fraction")
+    if product is None and len(detector.classes) > 1:
+        raise ValueError(f"{bundle} serves several products {list(detector.classes)}: name the one whose normals "
+                         "these are with --product (each product is recalibrated on its own)")
+    product = product or detector.classes[0]
+    if product not in detector.classes:
+        raise ValueError(f"--product {product!r} is not served by {bundle}; it serves {list(detector.classes)}")
     if target_fpr is not None:
         detector.config = replace(detector.config, target_fpr=target_fpr, threshold_method="fpr")
     paths = normal_training_images(normals)
     if len(paths) < 2:
         raise ValueError(f"{normals} holds {len(paths)} image(s): calibration needs at least 2 normal images")
     features = extract_features(detector, paths, batch, "calibration", progress).to(detector.device)
-    labels = torch.zeros(len(paths), dtype=torch.long)
+    k = detector.classes.index(product)
+    labels = torch.full((len(paths),), k, dtype=torch.long)
     calibrate(detector, features, labels)
     scores = _combined(detector, component_matrix(detector, features, labels), labels)
-    summary = describe_threshold(scores, float(detector.thresholds[0]), detector.config.target_fpr)
+    summary = describe_threshold(scores, float(detector.thresholds[k]), detector.config.target_fpr)
     detector.save_pretrained(out or bundle)
-    summary.update(bundle=str(out or bundle), version=detector.version, threshold=float(detector.thresholds[0]))
+    summary.update(bundle=str(out or bundle), product=product, version=detector.version,
+                   threshold=float(detector.thresholds[k]))
     return summary
