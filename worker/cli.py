@@ -39,15 +39,18 @@ def _probability(text: str) -> float:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a detector bundle on normal images",
                        description="DATA: a folder of normal images, an MVTec AD category folder (its train/good), "
-                                   "'elpv' (the packaged solar-cell set, fixed split), or several category folders "
-                                   "for one class-conditional bundle (class = folder name).")
-    p.add_argument("data", nargs="+", help="folder(s) of normal images, MVTec AD categories, or 'elpv'")
+                                   "'elpv' (the packaged solar-cell set, fixed split; elpv/mono or elpv/poly for one "
+                                   "cell type), or several of these for one class-conditional bundle (class = "
+                                   "folder name, e.g. elpv/mono elpv/poly).")
+    p.add_argument("data", nargs="+", help="folder(s) of normal images, MVTec AD categories, 'elpv' or elpv/<type>")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--name", default=None, help="model name stored in the bundle (default: the --out folder name)")
     p.add_argument("--backbone", default="efficientnet-lite0",
                    help="efficientnet-lite0..4 (packaged weights), efficientnet_b4 or wide_resnet50_2 (--backbone-weights)")
     p.add_argument("--backbone-weights", default=None, help="ImageNet weight file (.pth state dict or .safetensors)")
     p.add_argument("--strides", type=_int_list, default=[4, 8, 16], help="feature strides to tap (default 4,8,16)")
+    p.add_argument("--grid-stride", type=int, choices=(4, 8, 16), default=None,
+                   help="stride of the latent grid (default: the coarsest tap's; 8 gives 32 x 32 at 256 px)")
     p.add_argument("--image-size", type=positive_int, default=256)
     p.add_argument("--steps", type=positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
     p.add_argument("--score", default="nll,map_max", help="score components: nll, range, map_max, map_mean")
@@ -74,7 +77,8 @@ def _run_train(args) -> int:
     from .core.train import TrainConfig, train
 
     detector_config = DetectorConfig(name=args.name or Path(args.out).name, image_size=args.image_size,
-                                     backbone=args.backbone, strides=tuple(args.strides), steps=args.steps,
+                                     backbone=args.backbone, strides=tuple(args.strides),
+                                     grid_stride=args.grid_stride or 0, steps=args.steps,
                                      score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),
                                      target_fpr=args.target_fpr)
     overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "width": args.width,

@@ -140,6 +140,22 @@ def test_class_conditional_bundle(tmp_path):
     images, _ = make_texture_images(2, size=64)
     result = loaded.predict(images, ["alpha", "beta"])
     assert result.threshold.tolist() == pytest.approx(loaded.thresholds.tolist())
+
+    # Recalibration goes one product at a time; the other keeps its threshold and calibration scores.
+    from worker.quality.thresholds import recalibrate
+
+    with pytest.raises(ValueError, match="--product"):
+        recalibrate(tmp_path / "unified", b / "train" / "good", progress=False)
+    with pytest.raises(ValueError, match="serves"):
+        recalibrate(tmp_path / "unified", b / "train" / "good", product="gamma", progress=False)
+    report = recalibrate(tmp_path / "unified", b / "train" / "good", tmp_path / "beta-again", product="beta",
+                         target_fpr=0.2, progress=False)
+    again = Detector.from_pretrained(tmp_path / "beta-again", "cpu")
+    assert report["product"] == "beta" and report["calibration_images"] == 12
+    assert float(again.thresholds[0]) == float(loaded.thresholds[0])
+    assert float(again.thresholds[1]) == pytest.approx(report["threshold"])
+    assert again.calibration_scores["alpha"] == loaded.calibration_scores["alpha"]
+    assert len(again.calibration_scores["beta"]) == 12
     with pytest.raises(ValueError, match="several products"):
         loaded.predict(images)
     report = evaluate_path(loaded, str(validation), progress=False)
@@ -172,3 +188,23 @@ def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
     subprocess.run(args + ["--out", str(tmp_path / "b"), "--resume"], check=True, env=env, capture_output=True)
     assert Detector.from_pretrained(tmp_path / "b").version == Detector.from_pretrained(tmp_path / "a").version
     assert not state.exists(), "a finished training removes its checkpoint"
+
+
+def test_a_finer_latent_grid_round_trips_through_the_bundle(tmp_path):
+    """grid_stride 8: taps at strides 4, 8, 16 meet on the stride-8 grid (the stride-16 one upsampled)."""
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig, build_detector, calibrate, fit_statistics
+
+    detector = build_detector(DetectorConfig(image_size=64, grid_stride=8), TrainConfig(width=16, num_blocks=1))
+    assert detector.extractor.grid == 8 and detector.position_mean.shape[-1] == 8
+    images, _ = make_texture_images(12, size=64)
+    features = detector.features(detector.to_pixels(images))
+    labels = torch.zeros(12, dtype=torch.long)
+    fit_statistics(detector, features[:6], labels[:6])
+    calibrate(detector, features[6:], labels[6:])
+    detector.save_pretrained(tmp_path / "fine")
+    loaded = Detector.from_pretrained(tmp_path / "fine", "cpu")
+    assert loaded.config.grid_stride == 8 and loaded.extractor.grid == 8
+    assert loaded.predict(images[:2]).anomaly_map.shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="grid_stride must be 4, 8 or 16"):
+        DetectorConfig(grid_stride=2)

@@ -2,9 +2,11 @@
 
 Every supported CNN is flattened into an ordered list of *units* (stem, then each block). A unit list
 is probed once with a dummy input to find each unit's stride; the *taps* are the last unit at each
-requested stride. Their outputs are resized to the grid of the coarsest tap and concatenated:
+requested stride. Their outputs are resized to one grid of stride ``grid_stride`` (by default the
+coarsest tap's) and concatenated; finer taps are average-pooled onto it, coarser ones upsampled
+bilinearly:
 
-    image (B, 3, S, S) -> [tap_i (B, C_i, S / s_i, S / s_i)] -> x0 (B, sum C_i, S / 16, S / 16)
+    image (B, 3, S, S) -> [tap_i (B, C_i, S / s_i, S / s_i)] -> x0 (B, sum C_i, S / g_s, S / g_s)
 
 Units after the last tap are dropped, so the bundle stores (and the worker runs) only what it uses.
 """
@@ -119,6 +121,7 @@ class BackboneSpec:
     name: str = DEFAULT_BACKBONE
     strides: tuple[int, ...] = DEFAULT_STRIDES
     image_size: int = 256
+    grid_stride: int = 0  # the latent grid's stride; 0: the coarsest tap's
 
     def __post_init__(self):
         if self.name not in BACKBONES:
@@ -127,12 +130,19 @@ class BackboneSpec:
             raise ValueError(f"strides must be a non-empty subset of 2, 4, 8, 16; got {self.strides}")
         if self.image_size < 32 or self.image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16 and >= 32; got {self.image_size}")
+        if self.grid_stride not in (0, 4, 8, 16):
+            raise ValueError(f"grid_stride must be 4, 8 or 16 (or 0: the coarsest tap's); got {self.grid_stride}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the latent grid: image_size / grid stride."""
+        return self.image_size // (self.grid_stride or max(self.strides))
 
 
 class FeatureExtractor(nn.Module):
     """Frozen CNN returning concatenated multi-scale features on the grid of the coarsest tap.
 
-    forward(images (B, 3, S, S), ImageNet-normalised) -> (B, C, S / max(strides), S / max(strides))
+    forward(images (B, 3, S, S), ImageNet-normalised) -> (B, C, spec.grid, spec.grid)
     """
 
     def __init__(self, spec: BackboneSpec):
@@ -171,10 +181,18 @@ class FeatureExtractor(nn.Module):
             x = unit(x)
             if index in self.taps:
                 maps.append(x)
-        grid = maps[-1].shape[-2:] if len(maps) == 1 else min((m.shape[-2:] for m in maps), key=lambda s: s[0])
-        # Average pooling (not subsampling) keeps every fine-scale activation in the coarse cell.
-        resized = [m if m.shape[-2:] == grid else F.adaptive_avg_pool2d(m, grid) for m in maps]
-        return torch.cat([m.float() for m in resized], dim=1)  # (B, C, g, g)
+        side = images.shape[-1] // (self.spec.grid_stride or max(self.spec.strides))
+        return torch.cat([_resize(m, side).float() for m in maps], dim=1)  # (B, C, g, g)
+
+
+def _resize(m: torch.Tensor, side: int) -> torch.Tensor:
+    """A tap's map on the side x side grid: average pooling (not subsampling) keeps every fine-scale
+    activation in its coarse cell; a coarser map is upsampled bilinearly."""
+    if m.shape[-1] == side:
+        return m
+    if m.shape[-1] > side:
+        return F.adaptive_avg_pool2d(m, side)
+    return F.interpolate(m, size=(side, side), mode="bilinear", align_corners=False)
 
 
 def pretrained_extractor(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> FeatureExtractor:

@@ -42,6 +42,7 @@ class DetectorConfig:
     normalize_std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet-lite0"
     strides: tuple[int, ...] = (4, 8, 16)
+    grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
     classes: tuple[str, ...] = ("default",)
     steps: int = 3
     score_components: tuple[str, ...] = ("nll", "map_max")
@@ -52,7 +53,7 @@ class DetectorConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        BackboneSpec(self.backbone, tuple(self.strides), self.image_size)  # validates the three
+        self.backbone_spec  # validates the backbone, strides, image size and grid
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if not self.classes or len(set(self.classes)) != len(self.classes) or not all(self.classes):
@@ -69,7 +70,7 @@ class DetectorConfig:
 
     @property
     def backbone_spec(self) -> BackboneSpec:
-        return BackboneSpec(self.backbone, tuple(self.strides), self.image_size)
+        return BackboneSpec(self.backbone, tuple(self.strides), self.image_size, self.grid_stride)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
