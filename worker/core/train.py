@@ -233,15 +233,18 @@ def _combined(detector: Detector, values: torch.Tensor, labels: torch.Tensor) ->
 @torch.no_grad()
 def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
               validation: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None) -> dict:
-    """Standardise components on held-out normals; set each class's threshold. Returns a summary."""
+    """Standardise components on held-out normals; set the threshold of each class present in ``labels``
+    (the others keep theirs: a class-conditional bundle can be recalibrated one product at a time).
+    Returns a summary per calibrated class."""
     values = component_matrix(detector, features, labels)
     summary = {}
-    for k, name in enumerate(detector.classes):
+    present = [(k, name) for k, name in enumerate(detector.classes) if bool((labels == k).any())]
+    for k, _ in present:
         mean, std = fit_standardiser(values[labels == k])
         detector.calib_mean[k], detector.calib_std[k] = mean.to(detector.device), std.to(detector.device)
     scores = _combined(detector, values, labels)
-    detector.calibration_scores = {}
-    for k, name in enumerate(detector.classes):
+    detector.calibration_scores = dict(detector.calibration_scores or {})
+    for k, name in present:
         chosen = scores[labels.numpy() == k]
         detector.calibration_scores[name] = tuple(float(v) for v in chosen)
         detector.thresholds[k] = threshold_at_fpr(chosen, detector.config.target_fpr)
@@ -251,7 +254,7 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
         v_features, v_labels, v_truth = validation
         v_values = component_matrix(detector, v_features, v_labels)
         v_scores = _combined(detector, v_values, v_labels)
-        for k, name in enumerate(detector.classes):
+        for k, name in present:
             chosen = v_labels.numpy() == k
             threshold, f1 = threshold_f1_max(v_scores[chosen], v_truth[chosen])
             detector.thresholds[k] = threshold
