@@ -1,12 +1,14 @@
 """The multi-seed evaluation protocol: train N seeds on ELPV, report mean and spread of every metric.
 
-For each hypothesis (a training or feature variant) and each seed:
-1. split the ELPV training normals with the seed (as ``invad train elpv --seed N`` does), standardise,
-   train the denoiser with the real training code, fit position statistics and calibrate;
-2. score the ELPV test split (image AUROC, AP) and the synthetic localisation set (pixel AUROC, AUPRO)
-   with every *scoring variant*, which need no retraining: the shipped calibrated score at S = 3 and 5,
-   map_max, top-k of the map, and an ensemble of the latents x_1..x_S the inversion passes through;
-   plus both baselines (reconstruction, per-position Gaussian) on the same features.
+For each hypothesis (a training, feature or class variant) and each seed:
+1. split the ELPV training normals with the seed (as ``invad train elpv --seed N`` does; per cell type
+   for the ``type`` hypotheses, as ``invad train elpv/mono elpv/poly`` does), standardise, train the
+   denoiser with the real training code, fit position statistics and calibrate, per class;
+2. score the ELPV test split (image AUROC, AP, and the calibrated threshold's false-positive rate on its
+   603 normals) and the synthetic localisation set (pixel AUROC, AUPRO) with every *scoring variant*,
+   which need no retraining: the shipped calibrated score at S = 3 and 5, the NLL, map_max, top-k of the
+   map, NLL + top-16, and an ensemble of the latents x_1..x_S the inversion passes through; plus both
+   baselines (reconstruction, per-position Gaussian) on the same features.
 Backbone features are extracted once and cached (:mod:`worker.quality.features`), so a hypothesis costs
 its denoiser trainings. The localisation set is for maps only: its image AUROC is reported, but the image
 score is chosen on ELPV alone. Milliseconds per image count the denoiser and scoring on cached features
