@@ -42,7 +42,7 @@ def test_warning_below_the_minimum_count_names_the_bound_and_the_fix():
 def test_invad_calibrate_resets_the_threshold_on_fresh_normals(tiny_bundle, texture_category, tmp_path, capsys):
     out = tmp_path / "recalibrated"
     code = main(["calibrate", str(tiny_bundle), str(texture_category), "--out", str(out), "--target-fpr", "0.05",
-                 "--device", "cpu"])
+                 "--device", "cpu", "--product", "any-product-this-bundle-is-mapped-to"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["calibration_images"] == 80 and summary["warning"].startswith("only 80")

@@ -19,7 +19,8 @@ def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None 
                 product: str | None = None) -> dict:
     """Re-standardise a bundle's score and reset its threshold on fresh normal images (a new camera, new
     lighting), keeping its denoiser and training statistics; writes ``out`` (default: over ``bundle``).
-    A class-conditional bundle is recalibrated one ``product`` at a time; its other products keep theirs.
+    A class-conditional bundle is recalibrated one ``product`` at a time; its other products keep theirs
+    (a single-class bundle ignores ``product``: it serves whichever product it is mapped to).
 
     Raises:
         BundleError: the bundle cannot be read. DatasetLayoutError: no images in ``normals``.
@@ -37,8 +38,9 @@ def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None 
     if product is None and len(detector.classes) > 1:
         raise ValueError(f"{bundle} serves several products {list(detector.classes)}: name the one whose normals "
                          "these are with --product (each product is recalibrated on its own)")
-    product = product or detector.classes[0]
-    if product not in detector.classes:
+    if len(detector.classes) == 1:  # a single-class bundle serves whatever product it is mapped to
+        product = detector.classes[0]
+    elif product not in detector.classes:
         raise ValueError(f"--product {product!r} is not served by {bundle}; it serves {list(detector.classes)}")
     if target_fpr is not None:
         detector.config = replace(detector.config, target_fpr=target_fpr, threshold_method="fpr")
