@@ -191,3 +191,42 @@ def test_invad_work_embedded_cli_with_the_real_model(image_folder, tiny_bundle, 
     assert summary["scored"] == len(labels) and summary["dead_lettered"] == {}
     flagged = _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM scores WHERE is_anomaly = 1")[0][0]
     assert _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM alerts") == [(flagged,)] and summary["flagged"] == flagged
+
+
+def test_scores_and_dead_letters_written_from_two_threads_at_once_all_land(tmp_path):
+    """The overlapped loop writes scores from its writer thread while the loop thread writes dead letters.
+    On one shared SQLite connection the second thread's statement fell into the first one's transaction
+    ("cannot start a transaction within a transaction"); each writer has its own connection now."""
+    import threading
+
+    from helpers import scored
+    from schemas import DeadLetter
+    from worker.pipeline.embedded import SqliteSink
+
+    sink = SqliteSink(tmp_path / "both.sqlite")
+    dead_letters = sink.dead_letter_writer()
+    errors: list[BaseException] = []
+
+    def scores():
+        try:
+            for i in range(150):
+                sink.write([scored(f"L1/img{i}", 0.5 + (i % 3))])
+                sink.flush()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    writer = threading.Thread(target=scores)
+    writer.start()
+    try:
+        for i in range(150):
+            dead_letters.send(DeadLetter.for_message("invalid_json", "bad", value=b"x", key=None, topic="stdin",
+                                                     partition=None, offset=i, worker_id="w"))
+            dead_letters.flush()
+    finally:
+        writer.join()
+    assert not errors, errors
+    sink.close()
+    dead_letters.close()
+    db = sqlite3.connect(tmp_path / "both.sqlite")
+    counts = [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("scores", "alerts", "dead_letters")]
+    assert counts == [150, 100, 150]  # two of every three scores are over the threshold

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
 
-from helpers import unique
+from helpers import scored, unique
 from proxy import TCPProxy
 from worker.pipeline.errors import BadRecord, DependencyDown
-from worker.pipeline.sinks import ScoredImage
-
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def scored(image_id: str, score: float, line: str = "L1", flagged: bool | None = None, store=None) -> ScoredImage:
-    from schemas import NO_ARTEFACTS, ScoreRecord, kafka_source
-    flagged = score > 1.0 if flagged is None else flagged
-    artefacts = store.artefact_uris("default", line, image_id, "png") if (flagged and store) else dict(NO_ARTEFACTS)
-    record = ScoreRecord(image_id=image_id, uri=f"file:///x/{image_id}.png", line_id=line, product="default",
-                         captured_at=T0 + timedelta(seconds=score), scored_at=T0, score=score, is_anomaly=flagged,
-                         threshold=1.0, model_name="m", model_version="v1",
-                         map_stats={"max": 1.0, "mean": 0.5, "p99": 0.9, "peak_x": 1, "peak_y": 2},
-                         timings_ms={"infer": 1.0}, worker_id="w", source=kafka_source("t", 0, 1), artefacts=artefacts)
-    return ScoredImage(record, b"\x89PNG-original" if flagged else None, "png", b"\x89PNG-overlay" if flagged else None)
-
 
 def png_bytes(size: int = 16) -> bytes:
     buffer = io.BytesIO()

@@ -288,6 +288,7 @@ def run_embedded(source: str | os.PathLike, model: Any, sqlite_path: str | os.Pa
         fetcher.close()
         for sink in sinks:
             sink.close()
+        dead_letters.close()
     seconds = time.perf_counter() - started
     return {"source": str(source), "scored": stats.scored, "flagged": stats.flagged,
             "dead_lettered": dict(stats.dead_lettered), "skipped": getattr(src, "skipped", 0),

@@ -173,6 +173,20 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for the other connection's transaction
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """A connection of its own for one writer. The overlapped loop writes scores from its writer thread
+    and dead letters from the loop thread at the same time: on one shared connection the second thread's
+    statement lands inside the first one's open transaction ("cannot start a transaction within a
+    transaction"); two connections take turns on SQLite's write lock instead (WAL, busy timeout)."""
+    db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_S)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
 class SqliteSink:
     """Every score in ``scores`` (upsert by image_id), each flagged image once in ``alerts``.
 
@@ -183,9 +197,7 @@ class SqliteSink:
     def __init__(self, path: str | os.PathLike):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = _connect(self.path)
         self._db.executescript(_SCHEMA)
         self._db.commit()
 
@@ -216,7 +228,8 @@ class SqliteSink:
         self._db.close()
 
     def dead_letter_writer(self) -> "SqliteDeadLetters":
-        return SqliteDeadLetters(self._db)
+        """Dead letters into the same database, through a connection of their own (see :func:`_connect`)."""
+        return SqliteDeadLetters(_connect(self.path))
 
 
 class SqliteDeadLetters:
@@ -233,7 +246,8 @@ class SqliteDeadLetters:
     def flush(self) -> None:
         self._db.commit()
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        self._db.close()
 
 
 class JsonlDeadLetters:
