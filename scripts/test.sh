@@ -22,9 +22,10 @@ if [ "$already" -eq 0 ]; then trap 'scripts/services.sh stop' EXIT; fi
 # shellcheck disable=SC1090
 source "${INVAD_RUN_DIR:-${INVAD_CACHE:-$HOME/.cache/invad}/run}/services.env"
 export INVAD_REQUIRE_SERVICES=1  # a missing service is a failure here, never a skip
-# Two pytest processes, a file each at a time (--dist loadfile: a file's tests share fixtures and
-# private servers): most tests wait on worker processes and services, so two streams overlap well
-# even on 2 cores. INVAD_TEST_PROCESSES=0 runs in one process (e.g. to debug with -s).
-processes=${INVAD_TEST_PROCESSES:-2}
+# Three pytest processes, a file each at a time (--dist loadfile: a file's tests share fixtures and
+# private servers): most tests wait on worker processes and services (pytest used 1.3 of 2 cores
+# with two), so three streams overlap well even on 2 cores. INVAD_TEST_PROCESSES=0 runs in one
+# process (e.g. to debug with -s). The 15 slowest tests are listed at the end.
+processes=${INVAD_TEST_PROCESSES:-3}
 if [ "$processes" -gt 0 ]; then set -- -n "$processes" --dist loadfile "$@"; fi
-"$python" -m pytest "$@"
+"$python" -m pytest --durations=15 "$@"
