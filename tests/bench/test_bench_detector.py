@@ -42,3 +42,12 @@ def test_unknown_compile_mode_is_refused(tiny_bundle):
     from worker.core.detector import Detector
     with pytest.raises(ValueError, match="compile mode"):
         Detector.from_pretrained(tiny_bundle, "cpu").compile_networks("fastest")
+
+
+def test_bench_of_the_untrained_architecture_on_a_finer_grid(tmp_path, capsys):
+    out_file = tmp_path / "fine.json"
+    assert main(["bench", "--image-size", "64", "--grid-stride", "8", "--batch-sizes", "2", "--steps", "1",
+                 "--repeats", "1", "--out", str(out_file)]) == 0
+    capsys.readouterr()
+    meta = json.loads(out_file.read_text())["meta"]
+    assert meta["model"] == "untrained default" and meta["grid"] == 8
