@@ -198,6 +198,8 @@ def _add_bench(sub) -> None:
                    help="input size of the untrained default detector; with --detector null, of the images")
     p.add_argument("--grid-stride", type=int, choices=(4, 8, 16), default=None,
                    help="latent grid stride of the untrained default detector (default: 16, a 16 x 16 grid at 256 px)")
+    p.add_argument("--backbone", default=None,
+                   help="backbone of the untrained default detector (default efficientnet-lite0; packaged weights)")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
     p.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",

@@ -50,4 +50,4 @@ def test_bench_of_the_untrained_architecture_on_a_finer_grid(tmp_path, capsys):
                  "--repeats", "1", "--out", str(out_file)]) == 0
     capsys.readouterr()
     meta = json.loads(out_file.read_text())["meta"]
-    assert meta["model"] == "untrained default" and meta["grid"] == 8
+    assert meta["model"] == "untrained default" and meta["grid"] == 8 and meta["backbone"] == "efficientnet-lite0"

@@ -157,19 +157,22 @@ def bench_images(n: int, size: int, seed: int = 0):
         return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def build(model: str | None, image_size: int, device: str | None, grid_stride: int | None = None) -> Detector:
-    """The bundle at ``model``, else the untrained default architecture at ``image_size`` px (and
-    ``grid_stride``: what a finer latent grid costs does not depend on trained weights)."""
+def build(model: str | None, image_size: int, device: str | None, grid_stride: int | None = None,
+          backbone: str | None = None) -> Detector:
+    """The bundle at ``model``, else the untrained default architecture at ``image_size`` px, with
+    ``grid_stride`` and ``backbone`` if given (what they cost does not depend on trained weights)."""
     selected = select_device(device)
     if model:
         return Detector.from_pretrained(model, selected)
-    config = DetectorConfig(image_size=image_size, grid_stride=grid_stride or 0)
+    config = DetectorConfig(image_size=image_size, grid_stride=grid_stride or 0,
+                            backbone=backbone or DetectorConfig.backbone)
     return build_detector(config, TrainConfig()).to(selected)
 
 
 def run(args: Any) -> int:
     """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
-    detector = build(args.model, args.image_size, args.device, getattr(args, "grid_stride", None))
+    detector = build(args.model, args.image_size, args.device, getattr(args, "grid_stride", None),
+                     getattr(args, "backbone", None))
     compile_mode = getattr(args, "compile", "off")
     if compile_mode != "off":
         detector.compile_networks(compile_mode)
@@ -178,7 +181,7 @@ def run(args: Any) -> int:
     ratios = ratio_summary(rows, detector.config.steps)
     write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
                            "compile": compile_mode, "image_size": detector.config.image_size,
-                           "grid": detector.extractor.grid,
+                           "grid": detector.extractor.grid, "backbone": detector.config.backbone,
                            "autocast": "bf16" if detector.device.type == "cuda" else "off",
                            "channels_last": detector.device.type == "cuda",
                            "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})
