@@ -21,9 +21,12 @@ want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16) $repo"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing invad and its dependencies into $venv (first time: a few minutes, torch is large)" >&2
   # uv downloads and unpacks in parallel: about 70 s for the several GB of torch and its CUDA wheels,
-  # where pip takes minutes. pip stays the fallback where uv cannot be had.
+  # where pip takes minutes. pip stays the fallback where uv cannot be had. --compile-bytecode writes
+  # the .pyc files at install (pip does so by default, uv does not): where PYTHONDONTWRITEBYTECODE is
+  # set, as on CI images, nothing writes them later, and every process that imports torch and
+  # diffusers compiled them again (a fresh run's tests took twice the CPU and timed out).
   if [ -x "$venv/bin/uv" ] || "$venv/bin/pip" install -q "uv>=0.5" >&2; then
-    "$venv/bin/uv" pip install -q --python "$venv/bin/python" -e "$repo[test]" >&2
+    "$venv/bin/uv" pip install -q --compile-bytecode --python "$venv/bin/python" -e "$repo[test]" >&2
   else
     echo "setup: uv unavailable, installing with pip" >&2
     "$venv/bin/pip" install -q -e "$repo[test]" >&2
