@@ -59,7 +59,7 @@ def normal_training_images(data: str | os.PathLike) -> list[Path]:
             without ``train/good``.
     """
     if str(data) == ELPV or is_elpv_type(data):
-        return [s.path for s in elpv_split()[0] if str(data) == ELPV or s.cls == Path(data).name]
+        return [s.path for s in elpv_samples(data, train=True)]
     folder = Path(data)
     if not folder.is_dir():
         raise DatasetLayoutError(f"training data {folder} is not a folder")
@@ -112,6 +112,12 @@ def is_elpv_type(data: str | os.PathLike) -> bool:
     return len(parts) == 2 and parts[0] == ELPV and parts[1] in ELPV_TYPES and not Path(data).exists()
 
 
+def elpv_samples(data: str | os.PathLike, train: bool) -> list[Sample]:
+    """The training or test samples that ``elpv`` (both cell types) or ``elpv/<type>`` names."""
+    samples = elpv_split()[0 if train else 1]
+    return samples if str(data) == ELPV else [s for s in samples if s.cls == Path(data).name]
+
+
 def elpv_split() -> tuple[list[Sample], list[Sample]]:
     """(train, test) samples of the fixed ELPV split described in the module docstring; ``cls`` = cell type."""
     root = elpv_root()
@@ -141,7 +147,7 @@ def test_samples(data: str | os.PathLike, classes: Sequence[str] = ("default",))
         return [s for s in elpv_split()[1] if s.cls in classes]
     if len(classes) == 1:
         if str(data) == ELPV or is_elpv_type(data):
-            samples = [s for s in elpv_split()[1] if str(data) == ELPV or s.cls == Path(data).name]
+            samples = elpv_samples(data, train=False)
         else:
             samples = mvtec_test_set(data)
         return [replace(s, cls=classes[0]) for s in samples]
