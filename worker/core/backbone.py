@@ -134,9 +134,14 @@ class BackboneSpec:
             raise ValueError(f"grid_stride must be 4, 8 or 16 (or 0: the coarsest tap's); got {self.grid_stride}")
 
     @property
+    def stride(self) -> int:
+        """Stride of the latent grid: ``grid_stride``, else the coarsest tap's."""
+        return self.grid_stride or max(self.strides)
+
+    @property
     def grid(self) -> int:
-        """Side of the latent grid: image_size / grid stride."""
-        return self.image_size // (self.grid_stride or max(self.strides))
+        """Side of the latent grid: image_size / stride."""
+        return self.image_size // self.stride
 
 
 class FeatureExtractor(nn.Module):
@@ -181,7 +186,7 @@ class FeatureExtractor(nn.Module):
             x = unit(x)
             if index in self.taps:
                 maps.append(x)
-        side = images.shape[-1] // (self.spec.grid_stride or max(self.spec.strides))
+        side = images.shape[-1] // self.spec.stride
         return torch.cat([_resize(m, side).float() for m in maps], dim=1)  # (B, C, g, g)
 
 
