@@ -77,6 +77,12 @@ def fit_standardiser(values: torch.Tensor, min_std: float = 1e-6) -> tuple[torch
     return values.mean(dim=0), values.std(dim=0).clamp_min(min_std)
 
 
+def class_standardisers(values: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fit_standardiser` of ``values`` (N, ...) per class ``labels`` (N,): two (classes, ...) tensors."""
+    pairs = [fit_standardiser(values[labels == k]) for k in range(classes)]
+    return torch.stack([mean for mean, _ in pairs]), torch.stack([std for _, std in pairs])
+
+
 def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float, min_tail: int = 5) -> float:
     """The score above which a fraction ``target_fpr`` of normal images is expected to lie.
 

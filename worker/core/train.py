@@ -34,7 +34,8 @@ from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, Featur
 from .detector import Detector, select_device
 from .images import load_image
 from .inversion import make_scheduler, q_sample
-from .scoring import describe_threshold, fit_standardiser, threshold_at_fpr, threshold_f1_max
+from .scoring import (class_standardisers, describe_threshold, fit_standardiser, threshold_at_fpr,
+                      threshold_f1_max)
 
 
 @dataclass(frozen=True)
@@ -207,11 +208,11 @@ def fit_statistics(detector: Detector, features: torch.Tensor, labels: torch.Ten
     """Per-class, per-position latent-norm statistics and the Gaussian baseline, from training features."""
     norms = torch.cat([detector.raw_maps(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))["norm"].cpu()
                        for i in range(0, len(features), batch)])
-    for k in range(len(detector.classes)):
-        chosen = labels == k
-        detector.position_mean[k], detector.position_std[k] = [s.to(detector.device) for s in fit_standardiser(norms[chosen])]
-        mean, std = fit_standardiser(features[chosen])
-        detector.gauss_mean[k], detector.gauss_std[k] = mean.to(detector.device), std.to(detector.device)
+    classes = len(detector.classes)
+    for buffers, values in (((detector.position_mean, detector.position_std), norms),
+                            ((detector.gauss_mean, detector.gauss_std), features.cpu())):
+        for buffer, fitted in zip(buffers, class_standardisers(values, labels.cpu(), classes)):
+            buffer.copy_(fitted)
 
 
 @torch.no_grad()

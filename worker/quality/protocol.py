@@ -35,7 +35,7 @@ from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import fit_standardiser, latent_nll, latent_norm_map
+from ..core.scoring import class_standardisers, latent_nll, latent_norm_map
 from ..core.train import TrainConfig, build_detector, calibrate, feature_statistics, split_normals, train_denoiser
 from .defects import localisation_sources, write_localisation_set
 from .features import cache_root, raw_features
@@ -163,12 +163,6 @@ def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, s
     return [torch.cat(chunks) for chunks in out]
 
 
-def class_statistics(values: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of ``values`` (N, ...) per class: two (classes, ...) tensors."""
-    pairs = [fit_standardiser(values[labels == k]) for k in range(classes)]
-    return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
-
-
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
 
 
@@ -205,13 +199,13 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
     scored: dict[str, Scored] = {"calib": {}, "test": {}, "loc": {}}
     ms: dict[str, float] = {}
     thresholds: dict[str, torch.Tensor] = {}  # the bundle's threshold of each test image, shipped rows only
-    detector.gauss_mean, detector.gauss_std = class_statistics(feats["train"], labels["train"], classes)
+    detector.gauss_mean, detector.gauss_std = class_standardisers(feats["train"], labels["train"], classes)
     for steps in steps_list:
         detector.config = replace(base_config, steps=steps, score_components=("nll", "map_max"))
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
         train_path = inversion_path(detector, feats["train"], labels["train"], steps)
-        stats = [class_statistics(latent_norm_map(x), labels["train"], classes) for x in train_path]
+        stats = [class_standardisers(latent_norm_map(x), labels["train"], classes) for x in train_path]
         detector.position_mean, detector.position_std = stats[-1]
         del train_path
         calibrate(detector, feats["calib"], labels["calib"])
@@ -232,7 +226,7 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
             scored[name][label] = (comps["map_max"], grid)
             ms[label] = 1e3 * (time.perf_counter() - clock) / len(feats[name])
     for variant, (calib_scores, _) in scored["calib"].items():
-        mean, std = class_statistics(calib_scores, labels["calib"], classes)
+        mean, std = class_standardisers(calib_scores, labels["calib"], classes)
         for name in out:
             score, grid = scored[name][variant]
             if "shipped" not in variant:
