@@ -330,6 +330,8 @@ launch_kafka() { # $1 = kafka home, $2 = kafka run dir
 start_kafka() {
   local kd="$RUN_DIR/kafka" pidf="$RUN_DIR/kafka.pid" logf="$LOG_DIR/kafka.log" home
   if pid_alive "$pidf" kafka.Kafka; then log "kafka: already running (pid $(cat "$pidf"))"; WAIT+=(kafka); return; fi
+  [[ "$KAFKA_PORT" != "$KAFKA_CONTROLLER_PORT" ]] || die "kafka: INVAD_KAFKA_PORT and" \
+    "INVAD_KAFKA_CONTROLLER_PORT are both $KAFKA_PORT; the broker and its KRaft controller need two ports"
   home="$(kafka_home)"
   [[ -n "$home" ]] || die "kafka: not installed; run: $0 install"
   command -v java >/dev/null || die "kafka: java not found"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from synthetic import make_texture_images
-from worker.bench.services import free_port  # noqa: F401 - the tests import it from here
+from worker.bench.services import free_port, free_ports  # noqa: F401 - the tests import them from here
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 IMAGE_SIZE = 128  # the tiny bundle's input size (tests/conftest.py), so its scores mean something

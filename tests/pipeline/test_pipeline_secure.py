@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import free_ports
 from kafka_helpers import (HERE, REPO, KafkaEnv, WorkerThread, all_committed, assert_each_image_scored_once,
                            produce, read_dlq, refs_for, start_worker_process, stored_records, texture_pngs, upload_images,
                            wait_for)
@@ -41,7 +41,7 @@ def secure(tmp_path_factory) -> dict[str, str]:
     if not list(cache.glob("kafka-*/libs/.complete")):
         unavailable(f"no Kafka in {cache}: run scripts/services.sh install")
     run_dir = tmp_path_factory.mktemp("secure-run")
-    kafka_port, controller_port, redis_port = free_port(), free_port(), free_port()
+    kafka_port, controller_port, redis_port = free_ports(3)
     env = {**os.environ, "INVAD_RUN_DIR": str(run_dir), "INVAD_SECURE_KAFKA_PORT": str(kafka_port),
            "INVAD_SECURE_KAFKA_CONTROLLER_PORT": str(controller_port), "INVAD_SECURE_REDIS_PORT": str(redis_port)}
 

@@ -9,6 +9,7 @@ with ``SHUTDOWN SAVE`` and reloads its snapshot, as a Redis with persistence wou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -27,9 +28,23 @@ S3_KEYS = ("invad-test-access", "invad-test-secret-key")  # services.sh's defaul
 
 def free_port() -> int:
     """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago.
+
+    All the sockets stay bound until every port is chosen: ports taken one at a time and released
+    at once can come back equal (the kernel may hand out a just-released port again), and a server
+    given one port for two listeners refuses to start.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 class PrivateService:
@@ -44,14 +59,15 @@ class PrivateService:
             raise ValueError(f"unknown service {name!r}; choose one of {', '.join(_PID_FILE)}")
         if not SERVICES_SH.is_file():
             raise RuntimeError(f"{SERVICES_SH} is missing: private services need a checkout of the repository")
-        self.name, self.run_dir, self.port = name, Path(run_dir), free_port()
+        port, controller_port = free_ports(2)
+        self.name, self.run_dir, self.port = name, Path(run_dir), port
         self.env = {k: v for k, v in os.environ.items() if k not in _GIVEN.values()}
         self.env.update({var: "unused://127.0.0.1:9" for other, var in _GIVEN.items() if other != name})
         self.env.update(INVAD_RUN_DIR=str(self.run_dir), INVAD_S3_KEEP_DATA="1")
         port_var = {"kafka": "INVAD_KAFKA_PORT", "redis": "INVAD_REDIS_PORT", "s3": "INVAD_S3_PORT"}[name]
         self.env[port_var] = str(self.port)
         if name == "kafka":
-            self.env["INVAD_KAFKA_CONTROLLER_PORT"] = str(free_port())
+            self.env["INVAD_KAFKA_CONTROLLER_PORT"] = str(controller_port)
         if name == "s3":
             self.env.update(INVAD_TEST_S3_ACCESS_KEY=S3_KEYS[0], INVAD_TEST_S3_SECRET_KEY=S3_KEYS[1])
 
