@@ -36,6 +36,10 @@ def _probability(text: str) -> float:
 
 
 # -- train ----------------------------------------------------------------------------------------
+# worker.core.train.AUGMENTATIONS (that module imports torch; a test keeps the two equal)
+AUGMENT_CHOICES = ("none", "flips", "dihedral")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a detector bundle on normal images",
                        description="DATA: a folder of normal images, an MVTec AD category folder (its train/good), "
@@ -63,6 +67,9 @@ def _add_train(sub) -> None:
     p.add_argument("--kernel-size", type=int, choices=(1, 3, 5), default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--calib-fraction", type=_probability, default=None, help="held-out normal fraction (default 0.2)")
+    p.add_argument("--augment", choices=AUGMENT_CHOICES, default=None,
+                   help="training views that stay normal for this product: flips (mirror images), dihedral "
+                        "(mirrors and 90-degree rotations, for textures), none (default; oriented objects)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints (default 250)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
@@ -83,7 +90,8 @@ def _run_train(args) -> int:
                                      target_fpr=args.target_fpr)
     overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "width": args.width,
                  "num_blocks": args.blocks, "kernel_size": args.kernel_size, "learning_rate": args.lr,
-                 "calib_fraction": args.calib_fraction, "checkpoint_every": args.checkpoint_every}
+                 "calib_fraction": args.calib_fraction, "checkpoint_every": args.checkpoint_every,
+                 "augment": args.augment}
     train_config = replace(TrainConfig(seed=args.seed), **{k: v for k, v in overrides.items() if v is not None})
     _, summary = train(args.data, args.out, detector_config, train_config, args.backbone_weights,
                        args.validation, args.device, args.resume)

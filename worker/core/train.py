@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     feature_batch: int = 16
+    augment: str = "none"  # one of AUGMENTATIONS: views of the training images the denoiser also learns
 
     def __post_init__(self):
         if self.iterations < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -65,9 +66,27 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}: "
+                             "flips for parts that stay normal when mirrored, dihedral for textures without "
+                             "an orientation, none for oriented objects")
 
 
 MIN_IMAGES_PER_CLASS = 8
+# Normality-preserving views of the training images, chosen per bundle by what the product allows:
+# "flips" mirrors left-right, top-bottom and both; "dihedral" adds the transposes of those four (the
+# rotations by 90 and 270 degrees and the two diagonal mirrors); "none" is for oriented objects.
+AUGMENTATIONS = {"none": 1, "flips": 4, "dihedral": 8}
+
+
+def augmented_views(pixels: torch.Tensor, augment: str) -> list[torch.Tensor]:
+    """The views of a square batch (B, 3, H, W) that ``augment`` names; the batch itself comes first."""
+    views = [pixels]
+    if augment != "none":
+        views += [pixels.flip(-1), pixels.flip(-2), pixels.flip(-2, -1)]
+    if augment == "dihedral":
+        views += [view.transpose(-2, -1) for view in views]
+    return views
 
 
 def split_normals(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -81,13 +100,15 @@ def split_normals(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 
 @torch.no_grad()
 def extract_features(detector: Detector, paths: Sequence[Path], batch: int, desc: str,
-                     progress: bool = True) -> torch.Tensor:
-    """Standardised features (N, C, g, g) on the CPU for image files, in batches."""
-    chunks = []
+                     progress: bool = True, augment: str = "none") -> torch.Tensor:
+    """Standardised features on the CPU for image files, in batches: (N, C, g, g), or (V * N, C, g, g)
+    for the V views of ``augment`` (view-major: the first N rows are the images as they are)."""
+    chunks: list[list[torch.Tensor]] = [[] for _ in range(AUGMENTATIONS[augment])]
     for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", leave=False, disable=not progress):
-        images = [load_image(p) for p in paths[start:start + batch]]
-        chunks.append(detector.features(detector.to_pixels(images)).cpu())
-    return torch.cat(chunks)
+        pixels = detector.to_pixels([load_image(p) for p in paths[start:start + batch]])
+        for view, out in zip(augmented_views(pixels, augment), chunks):
+            out.append(detector.features(view).cpu())
+    return torch.cat([torch.cat(view) for view in chunks])
 
 
 def feature_statistics(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,11 +323,14 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     splits = [split_normals(normal_training_images(d), train_config.calib_fraction, train_config.seed) for d in data]
 
     detector = build_detector(detector_config, train_config, backbone_weights).to(torch_device)
-    per_class = [(extract_features(detector, tr, train_config.feature_batch, f"features {n}", progress),
+    augment = train_config.augment
+    per_class = [(extract_features(detector, tr, train_config.feature_batch, f"features {n}", progress, augment),
                   extract_features(detector, ca, train_config.feature_batch, f"calibration {n}", progress))
                  for n, (tr, ca) in zip(names, splits)]
-    raw_train = torch.cat([t for t, _ in per_class])
+    raw_train = torch.cat([t for t, _ in per_class])  # every view: what the denoiser learns
     train_labels = torch.cat([torch.full((len(t),), k) for k, (t, _) in enumerate(per_class)])
+    # the rows of the images as they are (each class's first rows: extract_features is view-major)
+    as_is = torch.cat([torch.arange(len(t)) < len(tr) for (t, _), (tr, _) in zip(per_class, splits)])
     calib_feats = torch.cat([c for _, c in per_class])
     calib_labels = torch.cat([torch.full((len(c),), k) for k, (_, c) in enumerate(per_class)])
     # Features so far used mean 0 / std 1; fit the real standardisation and apply it to both parts.
@@ -325,7 +349,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     detector.denoiser = denoiser.to(torch_device).eval()
     t_train = time.perf_counter()
 
-    fit_statistics(detector, train_feats, train_labels)
+    # Position statistics describe the images the line will send: the unaugmented ones.
+    fit_statistics(detector, train_feats[as_is], train_labels[as_is])
     validation_set = None
     if validation is not None:
         samples = test_samples(validation, names)
@@ -338,7 +363,7 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     shutil.rmtree(checkpoint, ignore_errors=True)
     summary = {
         "bundle": str(out), "version": detector.version, "classes": list(names),
-        "train_images": int(len(train_feats)), "calibration": calibration,
+        "train_images": int(as_is.sum()), "train_views": AUGMENTATIONS[augment], "calibration": calibration,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},
