@@ -63,3 +63,44 @@ def test_the_cli_lists_every_hypothesis():
     from worker.quality.protocol import HYPOTHESES
 
     assert HYPOTHESIS_NAMES == tuple(HYPOTHESES)
+
+
+def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_statistics(tmp_path, monkeypatch):
+    """type-flips: the denoiser learns the four views of each training cell (read from their own feature
+    cache), while the sets that statistics and scores use hold each image once, with its cell type."""
+    from synthetic import make_texture_images
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig
+    from worker.quality import protocol
+    from worker.quality.features import cache_root, raw_features
+
+    monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
+    images, _ = make_texture_images(20, size=64)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"cell{i:02d}.png")
+        image.save(paths[-1])
+    config = DetectorConfig(image_size=64)
+    train = raw_features(config, "elpv-train", paths, progress=False)
+    types = torch.tensor([i % 2 for i in range(20)])
+    data = protocol.Data(paths, train, train[:6], np.array([0, 0, 0, 1, 1, 1]), train[:4], np.array([0, 0, 1, 1]),
+                         np.zeros((4, 64, 64), bool), {"train": types, "test": types[:6], "loc": types[:4]})
+    learned = {}
+    real_train_denoiser = protocol.train_denoiser
+
+    def spy(model, features, labels, *args, **kwargs):
+        learned.update(features=features, labels=labels)
+        return real_train_denoiser(model, features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_denoiser", spy)
+    hypothesis = protocol.HYPOTHESES["type-flips"]
+    base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.2)
+    detector, feats, labels, _ = protocol.train_seed(data, config, hypothesis, 0, base)
+
+    assert detector.classes == ("mono", "poly")
+    assert set(feats) == set(labels) == {"train", "calib", "test", "loc"}
+    assert len(feats["train"]) + len(feats["calib"]) == 20
+    assert len(learned["features"]) == 4 * len(feats["train"])
+    assert learned["labels"].tolist() == 4 * labels["train"].tolist()  # view-major, each row keeps its type
+    assert torch.equal(learned["features"][:len(feats["train"])], feats["train"])  # the first view: as they are
+    assert len(list(cache_root().glob("*/elpv-train-flips-*.pt"))) == 1

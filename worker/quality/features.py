@@ -22,19 +22,21 @@ def cache_root() -> Path:
 
 
 def raw_features(config: DetectorConfig, name: str, paths: Sequence[Path], batch: int = 16,
-                 progress: bool = True) -> torch.Tensor:
-    """Unstandardised features (N, C, g, g) float32 of ``paths`` under ``config``'s backbone, cached."""
+                 progress: bool = True, augment: str = "none") -> torch.Tensor:
+    """Unstandardised features (N, C, g, g) float32 of ``paths`` under ``config``'s backbone, cached;
+    (V * N, C, g, g), view-major, with the V views of ``augment`` (:func:`worker.core.train.extract_features`)."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(f"{path}|{Path(path).stat().st_size}\n".encode())
     grid = f"-g{config.grid_stride}" if config.grid_stride else ""
     folder = cache_root() / f"{config.backbone}-{config.image_size}-{'_'.join(map(str, config.strides))}{grid}"
-    file = folder / f"{name}-{digest.hexdigest()[:16]}.pt"
+    views = "" if augment == "none" else f"-{augment}"
+    file = folder / f"{name}{views}-{digest.hexdigest()[:16]}.pt"
     if file.is_file():
         return torch.load(file)
     folder.mkdir(parents=True, exist_ok=True)
     detector = build_detector(config, TrainConfig())  # untrained: features() returns raw features
-    features = extract_features(detector, list(paths), batch, name, progress)
+    features = extract_features(detector, list(paths), batch, name, progress, augment)
     staging = file.with_suffix(".tmp")
     torch.save(features, staging)
     staging.rename(file)

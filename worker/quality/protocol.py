@@ -36,7 +36,8 @@ from ..core.images import load_mask
 from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
 from ..core.scoring import class_standardisers, latent_nll, latent_norm_map
-from ..core.train import TrainConfig, build_detector, calibrate, feature_statistics, split_normals, train_denoiser
+from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics, split_normals,
+                          train_denoiser)
 from .defects import localisation_sources, write_localisation_set
 from .features import cache_root, raw_features
 
@@ -68,6 +69,12 @@ HYPOTHESES = {
     "lite2": Hypothesis("lite2", detector={"backbone": "efficientnet-lite2"}, what="EfficientNet-Lite2 features"),
     "type-lite2": Hypothesis("type-lite2", detector={"backbone": "efficientnet-lite2"}, by_type=True,
                              what="class-conditional on the cell type, EfficientNet-Lite2 features"),
+    "type-full": Hypothesis("type-full", {"iterations": 1500, "batch_size": 32}, by_type=True,
+                            what="class-conditional on the cell type, the shipped training budget (1500 x 32)"),
+    "type-320": Hypothesis("type-320", detector={"image_size": 320}, by_type=True,
+                           what="class-conditional on the cell type, 320 px inputs (20 x 20 grid)"),
+    "type-flips": Hypothesis("type-flips", {"augment": "flips"}, by_type=True,
+                             what="class-conditional on the cell type, the denoiser also learns mirrored cells"),
     "long": Hypothesis("long", {"iterations": 3000}, what="twice the training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -128,24 +135,34 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     splits = [split_normals(group, tc.calib_fraction, seed) for group in groups]
     parts = {"train": [p for tr, _ in splits for p in tr], "calib": [p for _, ca in splits for p in ca]}
     raw = {k: data.train[[index[p] for p in v]] for k, v in parts.items()} | {"test": data.test, "loc": data.loc}
+    rows = {k: [index[p] for p in v] for k, v in parts.items()}
+    views = AUGMENTATIONS[tc.augment]
+    if views > 1:  # the denoiser also learns the augmented views of its training part (view-major rows)
+        every_view = raw_features(config, "elpv-train", data.train_paths, progress=progress, augment=tc.augment)
+        rows["learn"] = [i + v * len(data.train_paths) for v in range(views) for i in rows["train"]]
+        raw["learn"] = every_view[rows["learn"]]
+        del every_view
     raw = {k: aggregate(v, hypothesis.neighbourhood) for k, v in raw.items()}
     if hypothesis.by_type:
-        labels = {k: data.types["train"][[index[p] for p in v]] for k, v in parts.items()}
-        labels |= {k: data.types[k] for k in ("test", "loc")}
         config = replace(config, classes=ELPV_TYPES)
+        labels = {k: data.types["train"][[i % len(data.train_paths) for i in v]] for k, v in rows.items()}
+        labels |= {k: data.types[k] for k in ("test", "loc")}
     else:
         labels = {k: torch.zeros(len(v), dtype=torch.long) for k, v in raw.items()}
     detector = build_detector(config, tc)
-    mean, std = feature_statistics(raw["train"])
+    learn = "learn" if views > 1 else "train"  # what the denoiser learns; statistics use "train"
+    mean, std = feature_statistics(raw[learn])
     detector.feature_mean.copy_(mean)
     detector.feature_std.copy_(std)
     feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
     torch.manual_seed(seed)
     initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
     clock = time.perf_counter()
-    denoiser, _ = train_denoiser(initial, feats["train"], labels["train"], tc, detector.alphas_cumprod,
+    denoiser, _ = train_denoiser(initial, feats[learn], labels[learn], tc, detector.alphas_cumprod,
                                  torch.device("cpu"), progress=progress)
     detector.denoiser = denoiser.eval()
+    feats.pop("learn", None)
+    labels.pop("learn", None)
     return detector, feats, labels, time.perf_counter() - clock
 
 
