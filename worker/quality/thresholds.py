@@ -9,9 +9,15 @@ and none above the threshold it is 7.2 %, whatever the target (the ELPV demo's t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from ..core.data import normal_training_images
+from ..core.detector import Detector
 from ..core.scoring import describe_threshold
+from ..core.train import _combined, calibrate, component_matrix, extract_features
 
 
 def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None = None, device: str | None = None,
@@ -26,14 +32,6 @@ def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None 
         BundleError: the bundle cannot be read. DatasetLayoutError: no images in ``normals``.
         ValueError: fewer than 2 images, or ``product`` missing or unknown for a class-conditional bundle.
     """
-    from dataclasses import replace
-
-    import torch
-
-    from ..core.data import normal_training_images
-    from ..core.detector import Detector
-    from ..core.train import _combined, calibrate, component_matrix, extract_features
-
     detector = Detector.from_pretrained(bundle, device)
     if product is None and len(detector.classes) > 1:
         raise ValueError(f"{bundle} serves several products {list(detector.classes)}: name the one whose normals "
