@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-DEMO_CONFIG_VERSION = 3  # bump when the demo's training recipe changes, so cached bundles are retrained
+DEMO_CONFIG_VERSION = 4  # bump when the demo's training recipe changes, so cached bundles are retrained
 
 
 def add_demo(sub) -> None:
@@ -29,7 +29,7 @@ def add_demo(sub) -> None:
     p.add_argument("--out", default="invad-demo", help="folder for the run's SQLite file and artefacts")
     p.add_argument("--cache", default=None, help="where the demo bundle is kept (default $INVAD_CACHE/demo)")
     p.add_argument("--train-images", type=int, default=200, help="normal cells to train on (default 200)")
-    p.add_argument("--iterations", type=int, default=600, help="denoiser training steps (default 600)")
+    p.add_argument("--iterations", type=int, default=300, help="denoiser training steps (default 300, as invad train)")
     p.add_argument("--calibration-images", type=int, default=150,
                    help="further normal cells per cell type to calibrate the threshold on (default 150)")
     p.add_argument("--test-images", type=int, default=120, help="normal and as many defective cells to stream")
