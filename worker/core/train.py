@@ -1,7 +1,8 @@
 """Training a detector bundle from folders of normal images.
 
 1. split each class's normal images into a training and a held-out calibration part (seeded);
-2. extract frozen backbone features once, fit per-channel standardisation on the training part;
+2. extract frozen backbone features once (with ``augment``, also of mirrored or turned views, which the
+   denoiser learns too), fit per-channel standardisation on the training part;
 3. train the denoiser with the DDPM noise-prediction loss (AdamW, diffusers' warmup + cosine schedule
    and EMA of the weights, checkpoints that ``resume`` continues from bit for bit);
 4. fit per-position latent statistics and the Gaussian baseline on the training part;

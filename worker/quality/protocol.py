@@ -79,7 +79,7 @@ HYPOTHESES = {
                            what="class-conditional on the cell type, 320 px inputs (20 x 20 grid)"),
     "type-flips": Hypothesis("type-flips", {"augment": "flips"}, by_type=True,
                              what="class-conditional on the cell type, the denoiser also learns mirrored cells"),
-    "long": Hypothesis("long", {"iterations": 3000}, what="twice the training steps"),
+    "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
 
