@@ -138,8 +138,8 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
               if hypothesis.by_type else [data.train_paths])
     splits = [split_normals(group, tc.calib_fraction, seed) for group in groups]
     parts = {"train": [p for tr, _ in splits for p in tr], "calib": [p for _, ca in splits for p in ca]}
-    raw = {k: data.train[[index[p] for p in v]] for k, v in parts.items()} | {"test": data.test, "loc": data.loc}
-    rows = {k: [index[p] for p in v] for k, v in parts.items()}
+    rows = {k: [index[p] for p in v] for k, v in parts.items()}  # into data.train
+    raw = {k: data.train[v] for k, v in rows.items()} | {"test": data.test, "loc": data.loc}
     views = AUGMENTATIONS[tc.augment]
     if views > 1:  # the denoiser also learns the augmented views of its training part (view-major rows)
         every_view = raw_features(config, "elpv-train", data.train_paths, progress=progress, augment=tc.augment)
