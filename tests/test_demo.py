@@ -26,6 +26,25 @@ def test_demo_trains_calibrates_each_cell_type_streams_and_reuses_its_model(tmp_
 
     assert main(["demo", "--out", str(out), "--cache", str(cache), *TINY]) == 0  # the cached model
     assert "reusing the cached model" in capsys.readouterr().out
+    summaries = [json.loads(p.read_text()) for p in out.glob("run-*/summary.json")]
+    assert len(summaries) == 2 and all(s["images"] == 6 for s in summaries)  # each run streams every cell
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """A second run within a second once reused the first run's store, found every cell already
+    scored, and failed on an empty AUROC."""
+    import datetime as real
+
+    import worker.demo as demo
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 30, 12, 0, 0)
+
+    monkeypatch.setattr(demo, "datetime", Frozen)
+    runs = [demo._new_run_folder(tmp_path) for _ in range(3)]
+    assert [r.name for r in runs] == ["run-20261130-120000", "run-20261130-120000-2", "run-20261130-120000-3"]
 
 
 def test_demo_names_a_calibration_request_the_split_cannot_meet(tmp_path):

@@ -44,6 +44,21 @@ def _cache_dir(args) -> Path:
     return Path(os.environ.get("INVAD_CACHE", Path.home() / ".cache" / "invad")) / "demo"
 
 
+def _new_run_folder(out: Path) -> Path:
+    """out/run-<date>-<time>, with -2, -3, ... when a run of the same second has it: each run streams
+    into a store of its own (a store that already holds a cell's record would skip the cell)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        run = out / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise ValueError(f"{out} already holds 999 runs of {stamp}; choose another --out")
+
+
 def _link_cells(folder: Path, samples) -> Path:
     """A plain folder of links to exactly ``samples``' images (what ``invad train`` and ``invad calibrate``
     read); links of an earlier recipe are removed first."""
@@ -129,8 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
     test = elpv_split()[1]
     normal = [s for s in test if s.label == 0][: args.test_images]
     defective = [s for s in test if s.label == 1][: args.test_images]
-    run = Path(args.out) / datetime.now().strftime("run-%Y%m%d-%H%M%S")
-    run.mkdir(parents=True, exist_ok=True)
+    run = _new_run_folder(Path(args.out))
     refs = run / "refs.jsonl"
     labels = _write_refs(refs, normal + defective)
     print(f"demo: streaming {len(labels)} cells ({len(normal)} normal, {len(defective)} defective) "
@@ -138,7 +152,8 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = run_embedded(refs, str(bundle), run / "scores.sqlite", run / "artefacts", device=args.device)
     scores = summary.pop("scores")
     ids = [i for i in labels if i in scores]
-    auroc = roc_auc_score([labels[i] for i in ids], [scores[i] for i in ids]) if len(set(labels.values())) > 1 else None
+    scored_labels = [labels[i] for i in ids]
+    auroc = roc_auc_score(scored_labels, [scores[i] for i in ids]) if len(set(scored_labels)) > 1 else None
     overlays = sorted((run / "artefacts").rglob("overlay.png"))
     flagged_defective = sum(1 for p in overlays if labels.get(p.parent.name) == 1)
     flagged_normal = sum(1 for p in overlays if labels.get(p.parent.name) == 0)
