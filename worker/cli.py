@@ -36,6 +36,18 @@ def _probability(text: str) -> float:
 
 
 # -- train ----------------------------------------------------------------------------------------
+def _tiles(text: str) -> str | tuple[int, int]:
+    """'auto' or 'ROWSxCOLS' (the range is checked by DetectorConfig)."""
+    if text == "auto":
+        return text
+    try:
+        rows, cols = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS (e.g. 1x2 for parts twice as wide as tall) or auto, "
+                                         f"got {text!r}") from None
+    return rows, cols
+
+
 # worker.core.train.AUGMENTATIONS (that module imports torch; a test keeps the two equal)
 AUGMENT_CHOICES = ("none", "flips", "dihedral")
 
@@ -70,6 +82,10 @@ def _add_train(sub) -> None:
     p.add_argument("--augment", choices=AUGMENT_CHOICES, default=None,
                    help="training views that stay normal for this product: flips (mirror images), dihedral "
                         "(mirrors and 90-degree rotations, for textures), none (default; oriented objects)")
+    p.add_argument("--tiles", type=_tiles, default=(1, 1), metavar="ROWSxCOLS|auto",
+                   help="square tiles that cover each image, so that parts that are not square are not squashed: "
+                        "1x2 for parts twice as wide as tall; auto picks it from the training images' median "
+                        "aspect ratio (default 1x1: the image squashed to one square)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints (default 250)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
@@ -81,9 +97,10 @@ def _run_train(args) -> int:
     from dataclasses import replace
 
     from .core.config import DetectorConfig
-    from .core.train import TrainConfig, train
+    from .core.train import TrainConfig, tile_layout, train
 
-    detector_config = DetectorConfig(name=args.name or Path(args.out).name, image_size=args.image_size,
+    tiles = tile_layout(args.data) if args.tiles == "auto" else args.tiles
+    detector_config = DetectorConfig(name=args.name or Path(args.out).name, image_size=args.image_size, tiles=tiles,
                                      backbone=args.backbone, strides=tuple(args.strides),
                                      grid_stride=args.grid_stride or 0, steps=args.steps,
                                      score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),

@@ -67,14 +67,14 @@ def run_once(detector: Detector, encoded: Sequence[bytes], kind: str, steps: int
     x0 = detector.features(pixels)
     _sync(device)
     times["backbone"] = time.perf_counter() - clock
-    labels = torch.zeros(len(encoded), dtype=torch.long, device=device)
+    labels = torch.zeros(len(x0), dtype=torch.long, device=device)  # a row per tile
     timer = _EvalTimer(detector.denoiser, device)
     try:
         clock = time.perf_counter()
         comps, grid_map = detector.score_features(x0, labels, kind, steps if kind == "inversion" else None)
         if kind == "inversion":
-            detector.combine(comps, labels)
-        upsample_map(grid_map, detector.config.image_size, detector.config.map_sigma).cpu()
+            detector.per_image(detector.combine(comps, labels))
+        upsample_map(detector.image_maps(grid_map), detector.config.input_shape, detector.config.map_sigma).cpu()
         _sync(device)
         total = time.perf_counter() - clock
     finally:

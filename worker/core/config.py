@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .backbone import BackboneSpec
 from .inversion import MAX_STEPS
 from .scoring import COMPONENTS
+from .tiles import check_layout
 
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,10 +35,12 @@ class DetectorConfig:
 
     ``classes`` are the product keys the bundle serves (one class: an unconditional model).
     ``score_components`` are standardised on held-out normals and averaged into the image score.
+    ``tiles`` (rows, cols) of ``image_size`` squares cover each image (:mod:`worker.core.tiles`).
     """
 
     name: str = "invad"
     image_size: int = 256
+    tiles: tuple[int, int] = (1, 1)
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet-lite0"
@@ -54,6 +57,7 @@ class DetectorConfig:
 
     def __post_init__(self):
         self.backbone_spec  # validates the backbone, strides, image size and grid
+        check_layout(self.tiles)
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if not self.classes or len(set(self.classes)) != len(self.classes) or not all(self.classes):
@@ -69,6 +73,15 @@ class DetectorConfig:
             raise ValueError(f"map_sigma must be >= 0, got {self.map_sigma}")
 
     @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) in pixels of the resized image the tiles are cut from."""
+        return self.tiles[0] * self.image_size, self.tiles[1] * self.image_size
+
+    @property
+    def tile_count(self) -> int:
+        return self.tiles[0] * self.tiles[1]
+
+    @property
     def backbone_spec(self) -> BackboneSpec:
         return BackboneSpec(self.backbone, tuple(self.strides), self.image_size, self.grid_stride)
 
@@ -82,7 +95,7 @@ class DetectorConfig:
         if unknown:
             raise ValueError(f"unknown detector config keys {unknown}; known: {sorted(known)}")
         data = dict(data)
-        for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components"):
+        for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components", "tiles"):
             if key in data:
                 data[key] = tuple(data[key])
         if "reconstruction" in data:

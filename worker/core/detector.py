@@ -1,6 +1,6 @@
 """The detector: images in, calibrated anomaly scores and maps out.
 
-    images -> resize, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g), standardised per channel
+    images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g), standardised
            -> S-step DDIM inversion z = x_S -> NLL, latent-norm map, range -> calibrated image score
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
@@ -27,6 +27,7 @@ from .denoiser import FeatureDenoiser
 from .images import model_input
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
 from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
+from .tiles import image_max, join_tiles, split_tiles
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -38,7 +39,7 @@ class Prediction:
 
     pred_score: np.ndarray  # (B,) float32, calibrated image score (standard units of normal images)
     pred_label: np.ndarray  # (B,) bool, pred_score > threshold
-    anomaly_map: np.ndarray  # (B, image_size, image_size) float32, per-pixel standardised score
+    anomaly_map: np.ndarray  # (B, H, W) float32 at the bundle's input_shape, per-pixel standardised score
     threshold: np.ndarray  # (B,) float32, the threshold of each image's class
     timings_ms: dict[str, float]
 
@@ -121,22 +122,36 @@ class Detector(nn.Module):
         return contextlib.nullcontext()
 
     def to_pixels(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
-        """(B, 3, S, S) uint8 pixels of RGB images: PIL images (any size) are resized here, uint8 arrays
-        already made by :func:`~worker.core.images.model_input` at this bundle's size are used as they
-        are. Kept as uint8 (pinned for CUDA) so the copy to the device moves a quarter of the bytes;
+        """(B * T, 3, S, S) uint8 tiles of RGB images (T = the bundle's tile count, image-major): PIL
+        images (any size) are resized here, uint8 arrays already made by
+        :func:`~worker.core.images.model_input` at this bundle's ``input_shape`` are used as they are.
+        Kept as uint8 (pinned for CUDA) so the copy to the device moves a quarter of the bytes;
         :meth:`features` converts and normalises on the device."""
-        size = self.config.image_size
+        shape = self.config.input_shape
         arrays = []
         for image in images:
             if isinstance(image, np.ndarray):
-                if image.shape != (size, size, 3) or image.dtype != np.uint8:
-                    raise ValueError(f"a prepared image must be a ({size}, {size}, 3) uint8 array for this bundle, "
-                                     f"got {image.shape} {image.dtype}")
+                if image.shape != (*shape, 3) or image.dtype != np.uint8:
+                    raise ValueError(f"a prepared image must be a ({shape[0]}, {shape[1]}, 3) uint8 array for this "
+                                     f"bundle, got {image.shape} {image.dtype}")
                 arrays.append(image)
             else:
-                arrays.append(model_input(image, size))
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+                arrays.append(model_input(image, shape))
+        pixels = split_tiles(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), self.config.tiles)
         return pixels.pin_memory() if self.device.type == "cuda" else pixels
+
+    def tile_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) image class indices -> (B * T,) one per tile."""
+        count = self.config.tile_count
+        return labels if count == 1 else labels.repeat_interleave(count)
+
+    def per_image(self, tile_scores: torch.Tensor) -> torch.Tensor:
+        """(B * T,) tile scores -> (B,) image scores: the highest tile's."""
+        return image_max(tile_scores, self.config.tile_count)
+
+    def image_maps(self, tile_maps: torch.Tensor) -> torch.Tensor:
+        """(B * T, g, g) tile grid maps -> (B, rows * g, cols * g), the tiles side by side."""
+        return join_tiles(tile_maps, self.config.tiles)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Standardised backbone features x0 (B, C, g, g) of pixels (B, 3, S, S): uint8 in [0, 255] (as
@@ -222,7 +237,7 @@ class Detector(nn.Module):
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image | np.ndarray], classes: Sequence[str] | None = None) -> Prediction:
         """Score a batch of RGB images: PIL images of any size, or arrays already prepared by
-        :func:`~worker.core.images.model_input` at this bundle's size. Results do not depend on the
+        :func:`~worker.core.images.model_input` at this bundle's input_shape. Results do not depend on the
         batch's composition. Stage timings are synchronised with the device, so they are true on CUDA.
 
         Raises:
@@ -237,10 +252,11 @@ class Detector(nn.Module):
         t_pre = self._clock()
         x0 = self.features(pixels)
         t_feat = self._clock()
-        components, grid_map = self.score_features(x0, labels)
-        scores = self.combine(components, labels)
+        tile_labels = self.tile_labels(labels)
+        components, grid_map = self.score_features(x0, tile_labels)
+        scores = self.per_image(self.combine(components, tile_labels))
         t_inv = self._clock()
-        pixel_map = upsample_map(grid_map, self.config.image_size, self.config.map_sigma)
+        pixel_map = upsample_map(self.image_maps(grid_map), self.config.input_shape, self.config.map_sigma)
         thresholds = self.thresholds[labels]
         pred_score, pred_label = scores.float().cpu().numpy(), (scores > thresholds).cpu().numpy()
         anomaly_map, threshold = pixel_map.float().cpu().numpy(), thresholds.float().cpu().numpy()

@@ -8,7 +8,7 @@ Real images break naive evaluation in a few ways, each handled here: maps and sc
 float32 (float16 overflows past 65,504, which a per-position Gaussian reaches on real surfaces);
 pixel maps are rebuilt from the grid maps one method at a time, so memory stays small; a non-finite
 score or map value (a method that breaks on an image) is ranked as the most anomalous and counted in
-its row's ``non_finite``; images and masks of any size are resized to the bundle's square input.
+its row's ``non_finite``; images and masks of any size are resized to the bundle's input shape.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def rank_safe(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.where(torch.isneginf(values), below, out), count
 
 
-def pixel_maps(grid_maps: torch.Tensor, size: int, sigma: float, batch: int = 64) -> np.ndarray:
-    """float32 pixel maps (N, size, size) of grid maps (N, g, g), upsampled a batch at a time."""
-    out = np.empty((len(grid_maps), size, size), np.float32)
+def pixel_maps(grid_maps: torch.Tensor, shape: tuple[int, int], sigma: float, batch: int = 64) -> np.ndarray:
+    """float32 pixel maps (N, H, W) = ``shape`` of grid maps (N, h, w), upsampled a batch at a time."""
+    out = np.empty((len(grid_maps), *shape), np.float32)
     for start in range(0, len(grid_maps), batch):
-        out[start:start + batch] = upsample_map(grid_maps[start:start + batch], size, sigma).numpy()
+        out[start:start + batch] = upsample_map(grid_maps[start:start + batch], shape, sigma).numpy()
     return out
 
 
@@ -78,11 +78,11 @@ def evaluate(detector: Detector, samples: Sequence[Sample], compare: bool = Fals
     """
     methods = _methods(detector, compare, steps)
     has_masks = any(s.mask is not None for s in samples)
-    size = detector.config.image_size
+    shape = detector.config.input_shape  # (H, W): maps and masks at the size the tiles were cut from
     seconds = {"decode": 0.0, "backbone": 0.0, **{name: 0.0 for name, _, _ in methods}}
     scores = {name: [] for name, _, _ in methods}
     components = {name: {} for name, _, _ in methods}
-    grid_maps = {name: [] for name, _, _ in methods}  # (B, g, g) float32 each
+    grid_maps = {name: [] for name, _, _ in methods}  # (B, rows * g, cols * g) float32 each
     masks = []
     sync = torch.cuda.synchronize if detector.device.type == "cuda" else (lambda: None)
     for start in tqdm(range(0, len(samples), batch_size), desc="eval", unit="batch", disable=not progress):
@@ -95,19 +95,20 @@ def evaluate(detector: Detector, samples: Sequence[Sample], compare: bool = Fals
         x0 = detector.features(pixels)
         sync()
         seconds["backbone"] += time.perf_counter() - clock
-        labels = detector.class_indices([s.cls for s in batch] if len(detector.classes) > 1 else None, len(batch))
+        labels = detector.tile_labels(
+            detector.class_indices([s.cls for s in batch] if len(detector.classes) > 1 else None, len(batch)))
         for name, kind, s in methods:
             clock = time.perf_counter()
             comps, grid_map = detector.score_features(x0, labels, kind, s)
             score = detector.combine(comps, labels) if (kind == "inversion" and s is None) else comps["map_max"]
             sync()
             seconds[name] += time.perf_counter() - clock
-            scores[name].append(score.float().cpu())
-            grid_maps[name].append(grid_map.float().cpu())
+            scores[name].append(detector.per_image(score).float().cpu())
+            grid_maps[name].append(detector.image_maps(grid_map).float().cpu())
             for key, value in comps.items():
-                components[name].setdefault(key, []).append(value.float().cpu())
+                components[name].setdefault(key, []).append(detector.per_image(value).float().cpu())
         if has_masks:
-            masks += [load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool) for s in batch]
+            masks += [load_mask(s.mask, shape[::-1]) if s.mask else np.zeros(shape, bool) for s in batch]
     labels = np.array([s.label for s in samples])
     mask_array = np.stack(masks) if has_masks else None
     pixel_metrics = mask_array is not None and bool(mask_array.any())
@@ -126,7 +127,7 @@ def evaluate(detector: Detector, samples: Sequence[Sample], compare: bool = Fals
                "method_ms_per_image": 1e3 * seconds[name] / len(samples)}
         if pixel_metrics:
             clock = time.perf_counter()
-            pixel = pixel_maps(grid, size, detector.config.map_sigma)
+            pixel = pixel_maps(grid, shape, detector.config.map_sigma)
             seconds.setdefault("pixel_map", time.perf_counter() - clock)  # the same work for every method
             row.update(pixel_auroc=pixel_auroc(pixel, mask_array), aupro=aupro(pixel, mask_array))
             del pixel
@@ -135,7 +136,8 @@ def evaluate(detector: Detector, samples: Sequence[Sample], compare: bool = Fals
     head = rows[0]
     return {
         "model": {"name": detector.name, "version": detector.version, "steps": detector.config.steps,
-                  "backbone": detector.config.backbone, "image_size": size},
+                  "backbone": detector.config.backbone, "image_size": detector.config.image_size,
+                  "tiles": list(detector.config.tiles), "input_shape": list(shape)},
         "n_images": len(samples), "n_anomalous": int(labels.sum()),
         "image_auroc": head["image_auroc"], "image_ap": head["image_ap"], "image_f1_max": head["image_f1_max"],
         "pixel_auroc": head["pixel_auroc"], "aupro": head["aupro"], "images_per_second": head["images_per_second"],
@@ -200,11 +202,11 @@ def _plots(report: dict, plot: dict, out: Path) -> dict:
     chosen = [i for i in order if labels[i] == 1][:4] + [i for i in order if labels[i] == 0][:2]
     columns = 3 if plot["masks"] is not None else 2
     figure, axes = plt.subplots(len(chosen), columns, figsize=(3 * columns, 3 * len(chosen)), squeeze=False)
-    size = report["model"]["image_size"]
-    pixel_maps = upsample_map(plot["grid_maps"][chosen], size, plot["sigma"]).numpy()
+    height, width = report["model"]["input_shape"]
+    pixel_maps = upsample_map(plot["grid_maps"][chosen], (height, width), plot["sigma"]).numpy()
     for row, index in enumerate(chosen):
         sample = plot["samples"][index]
-        shown = load_image(sample.path).resize((size, size))
+        shown = load_image(sample.path).resize((width, height))
         axes[row, 0].imshow(shown)
         axes[row, 0].set_title(f"{sample.defect} score {scores[index]:.2f}", fontsize=8)
         axes[row, 1].imshow(render_overlay(shown, pixel_maps[row]))

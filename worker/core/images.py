@@ -93,14 +93,16 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def model_input(image: Image.Image, size: int) -> np.ndarray:
-    """The detector's input for one RGB image: resized (bilinear) to a (size, size, 3) uint8 array.
+def model_input(image: Image.Image, shape: int | tuple[int, int]) -> np.ndarray:
+    """The detector's input for one RGB image: resized (bilinear) to a (height, width, 3) uint8 array,
+    ``shape`` = a bundle's ``input_shape`` (height, width), or one side for a square.
 
     The one resize rule of the project: the detector applies it to PIL images it is given, and the
     streaming worker applies it in its fetch threads (PIL releases the GIL while resizing), so that
     the model thread receives ready arrays.
     """
-    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    height, width = (shape, shape) if isinstance(shape, int) else shape
+    return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

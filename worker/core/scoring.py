@@ -59,15 +59,17 @@ def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def upsample_map(m: torch.Tensor, size: int, sigma: float = 0.0) -> torch.Tensor:
-    """Bilinear upsampling of (B, h, w) maps to (B, size, size), then optional Gaussian smoothing (pixels)."""
-    up = F.interpolate(m[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+def upsample_map(m: torch.Tensor, size: int | tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
+    """Bilinear upsampling of (B, h, w) maps to (B, H, W) = ``size`` (one side for a square), then optional
+    Gaussian smoothing (pixels)."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    up = F.interpolate(m[:, None].float(), size=shape, mode="bilinear", align_corners=False)
     if sigma > 0:
         kernel = _gaussian_kernel(sigma, up.device, up.dtype)
         pad = kernel.numel() // 2
         up = F.conv2d(F.pad(up, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
         up = F.conv2d(F.pad(up, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return up[:, 0]  # (B, size, size)
+    return up[:, 0]  # (B, H, W)
 
 
 def fit_standardiser(values: torch.Tensor, min_std: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:

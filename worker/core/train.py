@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -33,10 +34,11 @@ from .config import DetectorConfig
 from .data import normal_training_images, test_samples
 from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, FeatureDenoiser
 from .detector import Detector, select_device
-from .images import load_image
+from .images import ImageDecodeError, load_image
 from .inversion import make_scheduler, q_sample
 from .scoring import (class_standardisers, describe_threshold, fit_standardiser, threshold_at_fpr,
                       threshold_f1_max)
+from .tiles import layout_for
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,20 @@ def augmented_views(pixels: torch.Tensor, augment: str) -> list[torch.Tensor]:
     return views
 
 
+def tile_layout(data: Sequence[str | os.PathLike]) -> tuple[int, int]:
+    """The tile layout that fits the normal images of ``data`` (:func:`~worker.core.tiles.layout_for` of
+    their sizes, read from the file headers)."""
+    sizes = []
+    for folder in data:
+        for path in normal_training_images(folder):
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+            except Exception as error:  # noqa: BLE001 - PIL raises many types; name the file instead
+                raise ImageDecodeError("image_invalid", f"{path}: not a readable image ({error})") from error
+    return layout_for(sizes)
+
+
 def split_normals(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """(train, calibration) parts of ``paths``; at least 2 images go to calibration."""
     if len(paths) < MIN_IMAGES_PER_CLASS:
@@ -104,8 +120,9 @@ def split_normals(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 @torch.no_grad()
 def extract_features(detector: Detector, paths: Sequence[Path], batch: int, desc: str,
                      progress: bool = True, augment: str = "none") -> torch.Tensor:
-    """Standardised features on the CPU for image files, in batches: (N, C, g, g), or (V * N, C, g, g)
-    for the V views of ``augment`` (view-major: the first N rows are the images as they are)."""
+    """Standardised features on the CPU for image files, in batches: (N * T, C, g, g) for the T tiles of
+    each image (image-major), or (V * N * T, C, g, g) for the V views of ``augment`` of every tile
+    (view-major: the first N * T rows are the tiles as they are)."""
     chunks: list[list[torch.Tensor]] = [[] for _ in range(AUGMENTATIONS[augment])]
     for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", leave=False, disable=not progress):
         pixels = detector.to_pixels([load_image(p) for p in paths[start:start + batch]])
@@ -250,9 +267,10 @@ def component_matrix(detector: Detector, features: torch.Tensor, labels: torch.T
 
 
 def _combined(detector: Detector, values: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Calibrated image scores (N,) from the (N, n_components) matrix of :func:`component_matrix`."""
+    """Calibrated image scores (N,) from the (N * T, n_components) matrix of :func:`component_matrix`
+    of N images' tiles with their (N * T,) labels: each image's highest tile score."""
     columns = {c: values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_components)}
-    return detector.combine(columns, labels.to(detector.device)).cpu().numpy()
+    return detector.per_image(detector.combine(columns, labels.to(detector.device))).cpu().numpy()
 
 
 @torch.no_grad()
@@ -260,7 +278,8 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
               validation: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None) -> dict:
     """Standardise components on held-out normals; set the threshold of each class present in ``labels``
     (the others keep theirs: a class-conditional bundle can be recalibrated one product at a time).
-    Returns a summary per calibrated class."""
+    ``features`` and ``labels`` have a row per tile, as :func:`extract_features` gives them; components
+    are standardised per tile, thresholds set on image scores. Returns a summary per calibrated class."""
     values = component_matrix(detector, features, labels)
     summary = {}
     present = [(k, name) for k, name in enumerate(detector.classes) if bool((labels == k).any())]
@@ -268,9 +287,10 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
         mean, std = fit_standardiser(values[labels == k])
         detector.calib_mean[k], detector.calib_std[k] = mean.to(detector.device), std.to(detector.device)
     scores = _combined(detector, values, labels)
+    image_labels = labels[::detector.config.tile_count].numpy()
     detector.calibration_scores = dict(detector.calibration_scores or {})
     for k, name in present:
-        chosen = scores[labels.numpy() == k]
+        chosen = scores[image_labels == k]
         detector.calibration_scores[name] = tuple(float(v) for v in chosen)
         detector.thresholds[k] = threshold_at_fpr(chosen, detector.config.target_fpr)
         summary[name] = {**describe_threshold(chosen, float(detector.thresholds[k]), detector.config.target_fpr),
@@ -279,8 +299,9 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
         v_features, v_labels, v_truth = validation
         v_values = component_matrix(detector, v_features, v_labels)
         v_scores = _combined(detector, v_values, v_labels)
+        v_image_labels = v_labels[::detector.config.tile_count].numpy()
         for k, name in present:
-            chosen = v_labels.numpy() == k
+            chosen = v_image_labels == k
             threshold, f1 = threshold_f1_max(v_scores[chosen], v_truth[chosen])
             detector.thresholds[k] = threshold
             summary[name].update(threshold=threshold, validation_f1=f1)
@@ -333,7 +354,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     raw_train = torch.cat([t for t, _ in per_class])  # every view: what the denoiser learns
     train_labels = torch.cat([torch.full((len(t),), k) for k, (t, _) in enumerate(per_class)])
     # the rows of the images as they are (each class's first rows: extract_features is view-major)
-    as_is = torch.cat([torch.arange(len(t)) < len(tr) for (t, _), (tr, _) in zip(per_class, splits)])
+    tiles = detector_config.tile_count
+    as_is = torch.cat([torch.arange(len(t)) < len(tr) * tiles for (t, _), (tr, _) in zip(per_class, splits)])
     calib_feats = torch.cat([c for _, c in per_class])
     calib_labels = torch.cat([torch.full((len(c),), k) for k, (_, c) in enumerate(per_class)])
     # Features so far used mean 0 / std 1; fit the real standardisation and apply it to both parts.
@@ -359,14 +381,14 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
         samples = test_samples(validation, names)
         v_feats = extract_features(detector, [s.path for s in samples], train_config.feature_batch, "validation",
                                    progress)
-        v_labels = torch.tensor([names.index(s.cls) for s in samples], dtype=torch.long)
+        v_labels = detector.tile_labels(torch.tensor([names.index(s.cls) for s in samples], dtype=torch.long))
         validation_set = (v_feats, v_labels, np.array([s.label for s in samples]))
     calibration = calibrate(detector, calib_feats, calib_labels, validation_set)
     detector.save_pretrained(out)
     shutil.rmtree(checkpoint, ignore_errors=True)
     summary = {
         "bundle": str(out), "version": detector.version, "classes": list(names),
-        "train_images": int(as_is.sum()), "train_views": AUGMENTATIONS[augment], "calibration": calibration,
+        "train_images": int(as_is.sum()) // tiles, "train_views": AUGMENTATIONS[augment], "tiles": list(detector_config.tiles), "calibration": calibration,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},

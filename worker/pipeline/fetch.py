@@ -54,8 +54,8 @@ def sniff_extension(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Fetched:
-    """One fetched and decoded image: the bytes as stored, the RGB image, the model's input when a size
-    was asked for (a (size, size, 3) uint8 array, see :func:`worker.core.images.model_input`), and
+    """One fetched and decoded image: the bytes as stored, the RGB image, the model's input when a shape
+    was asked for (a (height, width, 3) uint8 array, see :func:`worker.core.images.model_input`), and
     stage timings (ms; ``decode_ms`` includes the resize)."""
     data: bytes
     image: Image.Image
@@ -137,26 +137,27 @@ class Fetcher:
                    file_roots=config.file_roots, https_allow=config.https_allow,
                    s3_allow_buckets=config.s3_allow_buckets, s3_client_factory=s3_factory)
 
-    def submit(self, uris: Sequence[str], sizes: Sequence[int | None] | None = None) -> PendingFetch:
-        """Start fetching and decoding every URI in the pool and return at once. ``sizes[i]``, when
-        given, also prepares image ``i`` as the model's input at that size (in the pool thread)."""
-        sizes = list(sizes) if sizes is not None else [None] * len(uris)
-        if len(sizes) != len(uris):
-            raise ValueError(f"got {len(sizes)} sizes for {len(uris)} URIs")
-        return PendingFetch([self._pool.submit(self._fetch_one, uri, size) for uri, size in zip(uris, sizes)])
+    def submit(self, uris: Sequence[str], shapes: Sequence[tuple[int, int] | None] | None = None) -> PendingFetch:
+        """Start fetching and decoding every URI in the pool and return at once. ``shapes[i]``, when
+        given, also prepares image ``i`` as the model's input of that (height, width), in the pool thread."""
+        shapes = list(shapes) if shapes is not None else [None] * len(uris)
+        if len(shapes) != len(uris):
+            raise ValueError(f"got {len(shapes)} shapes for {len(uris)} URIs")
+        return PendingFetch([self._pool.submit(self._fetch_one, uri, shape) for uri, shape in zip(uris, shapes)])
 
-    def fetch_all(self, uris: Sequence[str], sizes: Sequence[int | None] | None = None) -> list[Fetched | BadRecord]:
+    def fetch_all(self, uris: Sequence[str],
+                  shapes: Sequence[tuple[int, int] | None] | None = None) -> list[Fetched | BadRecord]:
         """Fetch and decode every URI concurrently; result ``i`` belongs to ``uris[i]``.
 
         Raises:
             DependencyDown: when any fetch failed transiently (after every fetch has finished).
         """
-        return self.submit(uris, sizes).result()
+        return self.submit(uris, shapes).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch_one(self, uri: str, size: int | None = None) -> Fetched | BadRecord | DependencyDown:
+    def _fetch_one(self, uri: str, shape: tuple[int, int] | None = None) -> Fetched | BadRecord | DependencyDown:
         started = time.perf_counter()
         try:
             scheme = uri.split(":", 1)[0].lower()
@@ -172,7 +173,7 @@ class Fetcher:
             fetched = time.perf_counter()
             try:
                 image = decode_image(data, max_pixels=self.max_pixels, name=uri)
-                pixels = model_input(image, size) if size is not None else None
+                pixels = model_input(image, shape) if shape is not None else None
             except ImageDecodeError as error:
                 raise BadRecord(error.reason, error.message) from error
             except Exception as error:  # noqa: BLE001 - a decoder bug on hostile bytes: this image only

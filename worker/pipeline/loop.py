@@ -243,10 +243,10 @@ class Loop:
             return True
 
     def _submit_fetch(self, work: BatchWork) -> Any:
-        """Start fetching the batch's live items in the pool (each prepared at its model's input size)."""
+        """Start fetching the batch's live items in the pool (each prepared at its model's input shape)."""
         work.fetch_items = [item for item in work.items if item.bad is None]
         return self.fetcher.submit([item.ref.uri for item in work.fetch_items],
-                                   [_input_size(item) for item in work.fetch_items])
+                                   [_input_shape(item) for item in work.fetch_items])
 
     def _start_fetch(self, work: BatchWork) -> None:
         work.fetch_started = time.perf_counter()
@@ -588,11 +588,11 @@ class Loop:
                 pass
 
 
-def _input_size(item: Item) -> int | None:
-    """The side of the square input the item's model takes (its fetch prepares the pixels at it)."""
+def _input_shape(item: Item) -> tuple[int, int] | None:
+    """(height, width) of the input the item's model takes (its fetch prepares the pixels at it)."""
     config = getattr(item.route.detector, "config", None)
-    size = getattr(config, "image_size", None)
-    return size if isinstance(size, int) else None
+    shape = getattr(config, "input_shape", None)
+    return shape if isinstance(shape, tuple) else None
 
 
 def _done_future() -> Future:

@@ -47,7 +47,7 @@ def recalibrate(bundle: str | Path, normals: str | Path, out: str | Path | None 
         raise ValueError(f"{normals} holds {len(paths)} image(s): calibration needs at least 2 normal images")
     features = extract_features(detector, paths, batch, "calibration", progress).to(detector.device)
     k = detector.classes.index(product)
-    labels = torch.full((len(paths),), k, dtype=torch.long)
+    labels = torch.full((len(features),), k, dtype=torch.long)  # a row per tile
     calibrate(detector, features, labels)
     scores = _combined(detector, component_matrix(detector, features, labels), labels)
     summary = describe_threshold(scores, float(detector.thresholds[k]), detector.config.target_fpr)
