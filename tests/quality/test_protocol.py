@@ -104,3 +104,24 @@ def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_st
     assert learned["labels"].tolist() == 4 * labels["train"].tolist()  # view-major, each row keeps its type
     assert torch.equal(learned["features"][:len(feats["train"])], feats["train"])  # the first view: as they are
     assert len(list(cache_root().glob("*/elpv-train-flips-*.pt"))) == 1
+
+
+def test_metrics_give_the_thresholds_rate_on_held_out_normals_and_localise_on_the_masks():
+    from worker.quality.protocol import Data, _metrics
+
+    scores = torch.tensor([0.1, 0.5, 2.0, 0.3, 3.0, 1.5])  # four normals, then two defective cells
+    grid = torch.zeros(2, 4, 4)
+    grid[1, 1, 2] = 5.0  # the defective localisation image is hot where its mask is
+    masks = np.zeros((2, 16, 16), bool)
+    masks[1, 4:8, 8:12] = True
+    data = Data(train_paths=[], train=torch.empty(0), test=torch.empty(0), test_labels=np.array([0, 0, 0, 0, 1, 1]),
+                loc=torch.empty(0), loc_labels=np.array([0, 1]), loc_masks=masks, types={})
+    loc_scores = torch.tensor([0.0, 5.0])
+    variants = {"test": {"shipped": (scores, None, 1.0), "variant": (scores, None, 2.0)},
+                "loc": {"shipped": (loc_scores, grid, 1.0), "variant": (loc_scores, grid, 2.0)},
+                "thresholds": {"shipped": 1.0}}
+    rows = _metrics(variants, data, 16, 0.0)
+    assert rows["shipped"]["test_fpr"] == 0.25  # one of the four normals scores above 1.0
+    assert "test_fpr" not in rows["variant"]  # a variant without a calibrated threshold has no rate
+    assert rows["shipped"]["image_auroc"] == 0.875 and rows["shipped"]["loc_image_auroc"] == 1.0
+    assert rows["shipped"]["pixel_auroc"] > 0.95 and rows["variant"]["aupro"] == rows["shipped"]["aupro"] > 0.5

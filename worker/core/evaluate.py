@@ -61,8 +61,10 @@ def rank_safe(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.where(torch.isneginf(values), below, out), count
 
 
-def pixel_maps(grid_maps: torch.Tensor, shape: tuple[int, int], sigma: float, batch: int = 64) -> np.ndarray:
-    """float32 pixel maps (N, H, W) = ``shape`` of grid maps (N, h, w), upsampled a batch at a time."""
+def pixel_maps(grid_maps: torch.Tensor, shape: int | tuple[int, int], sigma: float, batch: int = 64) -> np.ndarray:
+    """float32 pixel maps (N, H, W) = ``shape`` (one side for a square) of grid maps (N, h, w), upsampled
+    a batch at a time."""
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
     out = np.empty((len(grid_maps), *shape), np.float32)
     for start in range(0, len(grid_maps), batch):
         out[start:start + batch] = upsample_map(grid_maps[start:start + batch], shape, sigma).numpy()
