@@ -21,16 +21,34 @@ want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16) $repo"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing invad and its dependencies into $venv (first time: a few minutes, torch is large)" >&2
   # uv downloads and unpacks in parallel: about 70 s for the several GB of torch and its CUDA wheels,
-  # where pip takes minutes. pip stays the fallback where uv cannot be had. --compile-bytecode writes
-  # the .pyc files at install (pip does so by default, uv does not): where PYTHONDONTWRITEBYTECODE is
-  # set, as on CI images, nothing writes them later, and every process that imports torch and
-  # diffusers compiled them again (a fresh run's tests took twice the CPU and timed out).
+  # where pip takes minutes. pip stays the fallback where uv cannot be had.
   if [ -x "$venv/bin/uv" ] || "$venv/bin/pip" install -q "uv>=0.5" >&2; then
-    "$venv/bin/uv" pip install -q --compile-bytecode --python "$venv/bin/python" -e "$repo[test]" >&2
+    "$venv/bin/uv" pip install -q --python "$venv/bin/python" -e "$repo[test]" >&2
   else
     echo "setup: uv unavailable, installing with pip" >&2
     "$venv/bin/pip" install -q -e "$repo[test]" >&2
   fi
+  # Bytecode for what the project imports, written once here: where PYTHONDONTWRITEBYTECODE is set, as
+  # on CI images, nothing writes it later, and every process that imports torch and diffusers compiled
+  # them again (a fresh run's tests took twice the CPU). Importing every project module compiles the
+  # ~3,000 files it uses; compiling all of site-packages (uv --compile-bytecode, 12,000 files) cost
+  # about 75 s of CPU more on a fresh machine.
+  "$venv/bin/python" - "$repo" >&2 <<'PY' || echo "setup: warning: warming the bytecode cache failed (tests still run, slower)" >&2
+import importlib, pkgutil, sys
+sys.dont_write_bytecode = False
+sys.path.insert(0, sys.argv[1])
+names = ["sklearn.metrics", "matplotlib.pyplot", "pytest", "xdist", "botocore.session"]
+for package in ("worker", "producers", "schemas"):
+    module = importlib.import_module(package)
+    names += [info.name for info in pkgutil.walk_packages(module.__path__, package + ".")]
+failed = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as error:  # a module that needs a GPU or an optional package: skip, name it
+        failed.append(f"{name} ({type(error).__name__})")
+print(f"setup: bytecode written for {len(sys.modules)} modules" + (f"; not imported: {', '.join(failed)}" if failed else ""))
+PY
   echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"
