@@ -174,7 +174,8 @@ def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
 
     from worker.cli import main
 
-    args = ["train", str(texture_category), "--image-size", "64", "--iterations", "300", "--batch-size", "8",
+    # 100 steps, a checkpoint every 20: the victim is killed at its first checkpoint, long before its end
+    args = ["train", str(texture_category), "--image-size", "64", "--iterations", "100", "--batch-size", "8",
             "--width", "16", "--blocks", "1", "--checkpoint-every", "20"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0  # in this process: one interpreter start less
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -183,7 +184,7 @@ def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
     state = tmp_path / "b.checkpoint" / "state.json"
     deadline = time.monotonic() + 300
     while not state.is_file() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert state.is_file() and not (tmp_path / "b").exists(), "killed mid-training: a checkpoint, no bundle"
