@@ -1,4 +1,5 @@
-"""``invad quality``: the multi-seed ELPV protocol (``seeds``) and the synthetic localisation set (``defects``)."""
+"""``invad quality``: the multi-seed ELPV protocol (``seeds``), the synthetic localisation set (``defects``)
+and tiles against squashing on ELPV cell pairs (``pairs``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def add_quality(sub) -> None:
     d.add_argument("--good", type=int, default=100, help="untouched held-out normal cells (default 100)")
     d.add_argument("--per-kind", type=int, default=50, help="cells per defect kind (default 50)")
     d.set_defaults(run=_run_defects)
+    t = q.add_parser("pairs", help="tiles against squashing on ELPV cell pairs (parts twice as wide as tall)")
+    t.add_argument("out", help="JSON report path (.md beside it); the pair set is written to OUT's stem + '-set'")
+    t.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    t.add_argument("--iterations", type=int, default=None, help="denoiser training steps (default: training's)")
+    t.set_defaults(run=_run_pairs)
 
 
 def add_calibrate(sub) -> None:
@@ -94,4 +100,17 @@ def _run_defects(args) -> int:
     normals = [s.path for s in elpv_split()[1] if s.label == 0]
     root = write_localisation_set(Path(args.out), normals, args.seed, args.good, args.per_kind)
     print(json.dumps({"written": str(root)}))
+    return 0
+
+
+def _run_pairs(args) -> int:
+    from dataclasses import replace
+
+    from ..core.train import TrainConfig
+    from .pairs import compare_layouts, markdown, write_pair_set
+
+    out = Path(args.out)
+    base = TrainConfig() if args.iterations is None else replace(TrainConfig(), iterations=args.iterations)
+    root = write_pair_set(out.with_name(out.stem + "-set"))
+    print(markdown(compare_layouts(root, _ints(args.seeds, "seeds"), out, base)), end="")
     return 0
