@@ -79,6 +79,15 @@ def test_plumbing_ceiling_with_the_null_detector(service_flags, tmp_path, capsys
     assert report["meta"]["detector"] == "null" and report["meta"]["left_behind"] == []
 
 
+def test_wrong_s3_credentials_fail_in_one_line_before_the_slow_part(service_flags, capsys):
+    flags = list(service_flags)
+    flags[flags.index("--s3-secret-key") + 1] = "not-the-secret"
+    assert main(["bench", "pipeline", "--detector", "null", "--images", "8", *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "refused the bench (403)" in error and "--s3-secret-key" in error, error
+    assert "not-the-secret" not in error
+
+
 def test_flagged_fraction_needs_the_null_detector(service_flags, capsys):
     assert main(["bench", "pipeline", "--flagged-fraction", "0.1", *service_flags]) == 2
     assert "--flagged-fraction applies to --detector null" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from producers.admin import delete_topic, ensure_topic
 from producers.publisher import Publisher
 from producers.rate import TokenBucket
 from schemas import ImageRef
-from worker.common import kafka_security, redis_client
+from worker.common import kafka_security, redis_client, s3client
 from worker.pipeline import s3
 from worker.pipeline.config import WorkerConfig
 
@@ -223,6 +223,21 @@ class PipelineBench:
         return problems
 
 
+def check_s3(config: WorkerConfig) -> None:
+    """Ask S3 about the bench's own bucket, which does not exist yet: "not found" means the endpoint
+    answers and accepts the credentials; anything else is a ValueError naming the flags to fix.
+    """
+    try:
+        s3.client_from_config(config).head_bucket(Bucket=config.s3_bucket)
+    except Exception as error:  # noqa: BLE001 - botocore raises many types; each becomes one line
+        if s3client.is_missing(error):
+            return
+        reason = s3client.error_code(error) or f"{type(error).__name__}: {error}"
+        raise ValueError(f"S3 at {config.s3_endpoint or 'AWS'} refused the bench ({reason}): check --s3-endpoint, "
+                         "--s3-access-key and --s3-secret-key (or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from error
+    raise ValueError(f"bucket {config.s3_bucket} already exists: the bench needs a fresh one; run it again")
+
+
 def service_config(args: Any, token: str, models: str, batch_size: int) -> WorkerConfig:
     """The workers' WorkerConfig (validated like a worker's) from the bench's flags alone.
 
@@ -256,7 +271,7 @@ def run(args: Any) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="invad-bench-"))
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
-        service_config(args, token, NULL_MODELS, batch_size)  # fail on a bad service setting before the slow part
+        check_s3(service_config(args, token, NULL_MODELS, batch_size))  # fail on a bad setting before the slow part
         models, encoded, rows, meta = prepare_inputs(args, scratch, batch_size)
         config = service_config(args, token, models, batch_size)
         security = kafka_security.client_kwargs(config)
