@@ -31,7 +31,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # Bytecode for what the project imports, written once here: where PYTHONDONTWRITEBYTECODE is set, as
   # on CI images, nothing writes it later, and every process that imports torch and diffusers compiled
   # them again (a fresh run's tests took twice the CPU). Importing every project module compiles the
-  # ~3,000 files it uses; compiling all of site-packages (uv --compile-bytecode, 12,000 files) cost
+  # ~4,000 files it uses; compiling all of site-packages (uv --compile-bytecode, 12,000 files) cost
   # about 75 s of CPU more on a fresh machine.
   "$venv/bin/python" - "$repo" >&2 <<'PY' || echo "setup: warning: warming the bytecode cache failed (tests still run, slower)" >&2
 import importlib, pkgutil, sys

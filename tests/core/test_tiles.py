@@ -37,6 +37,7 @@ def test_split_and_join_are_inverse_and_keep_reading_order():
     ([(100, 310), (100, 290), (100, 300)], (3, 1)),
     ([(200, 150)], (1, 1)),  # 4:3 is closer to one square than to two
     ([(5000, 10)], (1, 8)),  # capped
+    ([(250, 100)], (1, 3)),  # halves round up
 ])
 def test_layout_follows_the_median_aspect_ratio(sizes, layout):
     assert layout_for(sizes) == layout

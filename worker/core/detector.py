@@ -1,6 +1,7 @@
 """The detector: images in, calibrated anomaly scores and maps out.
 
-    images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g), standardised
+    images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g) per tile,
+           standardised per channel
            -> S-step DDIM inversion z = x_S -> NLL, latent-norm map, range -> calibrated image score
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,

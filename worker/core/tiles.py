@@ -31,9 +31,8 @@ def layout_for(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
     if not ratios:
         raise ValueError("no images to choose a tile layout from")
     ratio = ratios[len(ratios) // 2]
-    if ratio >= 1.0:
-        return 1, min(MAX_TILES_PER_SIDE, max(1, round(ratio)))
-    return min(MAX_TILES_PER_SIDE, max(1, round(1.0 / ratio))), 1
+    count = min(MAX_TILES_PER_SIDE, int(max(ratio, 1.0 / ratio) + 0.5))  # halves round up: 2.5 -> 3
+    return (1, count) if ratio >= 1.0 else (count, 1)
 
 
 def split_tiles(pixels: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
