@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import Sample, test_samples
 from .detector import Detector
-from .images import load_image, load_mask
+from .images import load_image, load_mask, pixel_shape
 from .metrics import aupro, image_metrics, pixel_auroc
 from .overlay import render_overlay
 from .scoring import upsample_map
@@ -64,7 +64,7 @@ def rank_safe(values: torch.Tensor) -> tuple[torch.Tensor, int]:
 def pixel_maps(grid_maps: torch.Tensor, shape: int | tuple[int, int], sigma: float, batch: int = 64) -> np.ndarray:
     """float32 pixel maps (N, H, W) = ``shape`` (one side for a square) of grid maps (N, h, w), upsampled
     a batch at a time."""
-    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    shape = pixel_shape(shape)
     out = np.empty((len(grid_maps), *shape), np.float32)
     for start in range(0, len(grid_maps), batch):
         out[start:start + batch] = upsample_map(grid_maps[start:start + batch], shape, sigma).numpy()

@@ -93,6 +93,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def pixel_shape(shape: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a size given as one side (a square) or as (height, width)."""
+    return (shape, shape) if isinstance(shape, int) else (int(shape[0]), int(shape[1]))
+
+
 def model_input(image: Image.Image, shape: int | tuple[int, int]) -> np.ndarray:
     """The detector's input for one RGB image: resized (bilinear) to a (height, width, 3) uint8 array,
     ``shape`` = a bundle's ``input_shape`` (height, width), or one side for a square.
@@ -101,7 +106,7 @@ def model_input(image: Image.Image, shape: int | tuple[int, int]) -> np.ndarray:
     streaming worker applies it in its fetch threads (PIL releases the GIL while resizing), so that
     the model thread receives ready arrays.
     """
-    height, width = (shape, shape) if isinstance(shape, int) else shape
+    height, width = pixel_shape(shape)
     return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import beta
 
+from .images import pixel_shape
+
 COMPONENTS = ("nll", "range", "map_max", "map_mean")
 
 
@@ -62,8 +64,7 @@ def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
 def upsample_map(m: torch.Tensor, size: int | tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
     """Bilinear upsampling of (B, h, w) maps to (B, H, W) = ``size`` (one side for a square), then optional
     Gaussian smoothing (pixels)."""
-    shape = (size, size) if isinstance(size, int) else tuple(size)
-    up = F.interpolate(m[:, None].float(), size=shape, mode="bilinear", align_corners=False)
+    up = F.interpolate(m[:, None].float(), size=pixel_shape(size), mode="bilinear", align_corners=False)
     if sigma > 0:
         kernel = _gaussian_kernel(sigma, up.device, up.dtype)
         pad = kernel.numel() // 2

@@ -388,7 +388,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     shutil.rmtree(checkpoint, ignore_errors=True)
     summary = {
         "bundle": str(out), "version": detector.version, "classes": list(names),
-        "train_images": int(as_is.sum()) // tiles, "train_views": AUGMENTATIONS[augment], "tiles": list(detector_config.tiles), "calibration": calibration,
+        "train_images": int(as_is.sum()) // tiles, "train_views": AUGMENTATIONS[augment],
+        "tiles": list(detector_config.tiles), "calibration": calibration,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..core.config import DetectorConfig
 from ..core.data import ELPV_TYPES, elpv_split
 from ..core.evaluate import evaluate_path
 from ..core.train import TrainConfig, train
+from .protocol import spread
 
 LAYOUTS = {"squash 1x1": (1, 1), "tiles 1x2": (1, 2)}
 
@@ -77,7 +77,7 @@ def compare_layouts(root: Path, seeds: Sequence[int], out: Path, base: TrainConf
         for seed in seeds:
             clock = time.perf_counter()
             bundle = scratch / f"{name.split()[0]}-{seed}"
-            detector, summary = train([root / kind for kind in ELPV_TYPES], bundle,
+            detector, _ = train([root / kind for kind in ELPV_TYPES], bundle,
                                       DetectorConfig(name=bundle.name, tiles=tiles), replace(base, seed=seed),
                                       progress=False)
             trained = time.perf_counter()
@@ -91,17 +91,11 @@ def compare_layouts(root: Path, seeds: Sequence[int], out: Path, base: TrainConf
             print(json.dumps(runs[-1]), flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
     summary = {"set": str(root), "seeds": list(seeds), "train_config": asdict(base), "runs": runs,
-               "layouts": {name: _spread([r for r in runs if r["layout"] == name]) for name in layouts}}
+               "layouts": {name: {key: spread([r[key] for r in runs if r["layout"] == name])
+                                  for key in ("image_auroc", "image_ap", "eval_ms_per_image")} for name in layouts}}
     out.write_text(json.dumps(summary, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(summary))
     return summary
-
-
-def _spread(runs: list[dict]) -> dict:
-    def stat(values):
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-    return {key: stat([r[key] for r in runs]) for key in ("image_auroc", "image_ap", "eval_ms_per_image")}
 
 
 def markdown(summary: dict) -> str:

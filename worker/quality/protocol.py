@@ -286,6 +286,12 @@ def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, d
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "loc_image_auroc", "ms_per_image", "test_fpr")
 
 
+def spread(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value), min, max and the values themselves."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "min": float(np.min(values)), "max": float(np.max(values)), "values": list(values)}
+
+
 def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
     """{hypothesis/variant: {metric: {mean, std, min, max, values}}} over the seeds of ``runs``."""
     grouped: dict[str, dict[str, list[float]]] = {}
@@ -295,9 +301,7 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
             for key in METRICS:
                 if key in metrics:  # test_fpr: shipped rows of runs that measured it
                     row.setdefault(key, []).append(metrics[key])
-    return {name: {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                         "min": float(np.min(v)), "max": float(np.max(v)), "values": v}
-                   for key, v in row.items()} for name, row in grouped.items()}
+    return {name: {key: spread(v) for key, v in row.items()} for name, row in grouped.items()}
 
 
 def markdown(summary: dict, seeds: Sequence[int]) -> str:
