@@ -40,6 +40,16 @@ _TOO_LARGE = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError)
 # A poll that fails at once (broker or coordinator unreachable) waits this long before the next try,
 # whatever timeout it was given: a keepalive's poll(0) must not turn an outage into a busy loop.
 POLL_ERROR_PAUSE_S = 0.5
+# kafka-python 3.0 runs a group join (JoinGroup, then SyncGroup) as a task that outlives the poll that
+# started it, and the next poll awaits it again; but a task that finished between two polls is thrown
+# away and a new JoinGroup sent, which from the group's leader starts a new rebalance. A join slower
+# than the poll's timeout (a loaded machine, a poll(0) keepalive, the loop's non-blocking polls with
+# batches in flight) then never completes: a lone consumer polling every 5 ms had not joined after
+# 20 s (every 20 ms: joined in 0.14 s). So while a join is in flight a poll keeps polling, in slices
+# long enough to be waiting when it ends, for at most a quarter of max.poll.interval.ms plus
+# JOIN_WAIT_EXTRA_S (the loop's keepalives come every quarter, so a rebalance waits no longer for them).
+JOIN_SLICE_MS = 1_000
+JOIN_WAIT_EXTRA_S = 10.0
 # Per partition and fetch, at most this much is fetched (kafka-python's default is 1 MiB). A poll
 # hands out one partition's fetched records before the next one's, so with 1 MiB a backlog of some
 # 3,000 small ImageRefs on one partition held back the worker's other partitions for minutes (the
@@ -180,6 +190,7 @@ class KafkaSource:
         # A member that stays out of a stable group longer than any legitimate rebalance (which waits
         # at most max.poll.interval.ms for slow members) rejoins from scratch instead of idling.
         self._rejoin_after_s = 2 * config.max_poll_interval_ms / 1000 + config.session_timeout_ms / 1000
+        self._join_wait_s = config.max_poll_interval_ms / 4000 + JOIN_WAIT_EXTRA_S
         self._unstable_since: float | None = None
         # An idle stable member watches for partitions no member owns (see _watch_idle).
         self._stall: str | None = None  # the problem found, until a check finds none or we get partitions
@@ -312,17 +323,36 @@ class KafkaSource:
                 self._consumer.seek(TopicPartition(topic, partition), offset)
 
     def _poll(self, timeout_ms: int, max_records: int) -> dict:
+        """One consumer poll of ``timeout_ms``; while that leaves a group join in flight, more polls of
+        JOIN_SLICE_MS until it is done (see JOIN_SLICE_MS), records arrive, a poll fails, or
+        ``_join_wait_s`` has passed."""
+        records = self._poll_once(timeout_ms, max_records)
+        deadline = time.monotonic() + self._join_wait_s
+        while records == {} and self._joining() and time.monotonic() < deadline:
+            started = time.monotonic()
+            records = self._poll_once(JOIN_SLICE_MS, max_records)
+            if records == {} and time.monotonic() - started < JOIN_SLICE_MS / 10_000 and self._joining():
+                time.sleep(POLL_ERROR_PAUSE_S)  # a slice that returned at once, still joining: never spin
+        if records is None:
+            return {}
+        self._refresh_lag()
+        return records
+
+    def _poll_once(self, timeout_ms: int, max_records: int) -> dict | None:
+        """The consumer's records, or None after a transient failure (logged, and paused for)."""
         try:
             records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         except (kerrors.KafkaError, OSError) as error:
             if is_transient(error):
                 log.warning("poll_failed", error=repr(error))
                 time.sleep(POLL_ERROR_PAUSE_S)  # never spin on an error that returns at once
-                return {}
+                return None
             raise
         self._last_poll = time.monotonic()
-        self._refresh_lag()
         return records
+
+    def _joining(self) -> bool:
+        return self._consumer.group_metadata().state == MemberState.REBALANCING
 
     def lag(self) -> dict[tuple[str, int], int]:
         """``{(topic, partition): messages not yet polled}`` for the assigned partitions, as of the last
