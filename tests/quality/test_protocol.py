@@ -125,3 +125,34 @@ def test_metrics_give_the_thresholds_rate_on_held_out_normals_and_localise_on_th
     assert "test_fpr" not in rows["variant"]  # a variant without a calibrated threshold has no rate
     assert rows["shipped"]["image_auroc"] == 0.875 and rows["shipped"]["loc_image_auroc"] == 1.0
     assert rows["shipped"]["pixel_auroc"] > 0.95 and rows["variant"]["aupro"] == rows["shipped"]["aupro"] > 0.5
+
+
+def test_cluster_classes_are_found_on_training_normals_and_nest_inside_cell_types():
+    """clusters=2 finds two groups of cells with no labels; with by_type each type is split on its own
+    (four classes, never mixing types); test cells take the nearest centre of their type."""
+    from worker.quality.protocol import Data, Hypothesis, class_labels
+
+    rng = torch.Generator().manual_seed(0)
+
+    def cells(n, offset):  # (n, 3, 2, 2) feature grids around a per-group level
+        return torch.randn(n, 3, 2, 2, generator=rng) * 0.1 + offset
+
+    groups = [cells(10, 0.0), cells(10, 5.0), cells(10, 10.0), cells(10, 15.0)]  # type 0: groups 0-1, type 1: 2-3
+    train = torch.cat(groups)
+    types = torch.tensor([0] * 20 + [1] * 20)
+    test = torch.cat([cells(1, 5.0), cells(1, 15.0)])
+    data = Data([], train, test, np.array([0, 1]), test, np.array([0, 1]), np.zeros((2, 4, 4), bool),
+                {"train": types, "test": torch.tensor([0, 1]), "loc": torch.tensor([0, 1])})
+
+    names, labels = class_labels(data, Hypothesis("one", clusters=1), seed=0)
+    assert names == ("all",) and labels["train"].eq(0).all()
+    names, labels = class_labels(data, Hypothesis("c2", clusters=2), seed=0)
+    assert names == ("all-0", "all-1")
+    assert labels["train"][:20].unique().numel() == 1 and labels["train"][20:].unique().numel() == 1
+    assert labels["train"][0] != labels["train"][20]
+    names, labels = class_labels(data, Hypothesis("t2", by_type=True, clusters=2), seed=0)
+    assert names == ("mono-0", "mono-1", "poly-0", "poly-1")
+    found = [set(labels["train"][i * 10:(i + 1) * 10].tolist()) for i in range(4)]
+    assert all(len(f) == 1 for f in found) and len(set.union(*found)) == 4
+    assert found[0] | found[1] == {0, 1} and found[2] | found[3] == {2, 3}  # types never mix
+    assert {int(labels["test"][0])} == found[1] and {int(labels["test"][1])} == found[3]

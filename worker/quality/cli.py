@@ -8,7 +8,8 @@ from pathlib import Path
 
 # The names of worker.quality.protocol.HYPOTHESES (that module imports torch; a test keeps the two equal).
 HYPOTHESIS_NAMES = ("base", "nbhd3", "type", "type-nbhd3", "grid8", "type-grid8", "lite2", "type-lite2",
-                    "type-full", "type-150it", "type-600it", "type-320", "type-flips", "long", "wide")
+                    "type-full", "type-150it", "type-600it", "type-320", "type-flips", "type-wide", "type-narrow",
+                    "clusters2", "clusters4", "type-sub2", "long", "wide")
 
 
 def add_quality(sub) -> None:

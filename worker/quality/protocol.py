@@ -54,6 +54,7 @@ class Hypothesis:
     detector: dict = field(default_factory=dict)  # DetectorConfig overrides (features: their own extraction)
     neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
     by_type: bool = False  # one class per ELPV cell type (mono, poly): a class-conditional bundle
+    clusters: int = 1  # split each class into this many by k-means on the cells' mean features
     what: str = ""
 
 
@@ -79,6 +80,14 @@ HYPOTHESES = {
                            what="class-conditional on the cell type, 320 px inputs (20 x 20 grid)"),
     "type-flips": Hypothesis("type-flips", {"augment": "flips"}, by_type=True,
                              what="class-conditional on the cell type, the denoiser also learns mirrored cells"),
+    "type-wide": Hypothesis("type-wide", {"width": 512}, by_type=True,
+                            what="class-conditional on the cell type, denoiser width 512 (default 256)"),
+    "type-narrow": Hypothesis("type-narrow", {"width": 128}, by_type=True,
+                              what="class-conditional on the cell type, denoiser width 128 (default 256)"),
+    "clusters2": Hypothesis("clusters2", clusters=2, what="two classes found by k-means, no type labels"),
+    "clusters4": Hypothesis("clusters4", clusters=4, what="four classes found by k-means, no type labels"),
+    "type-sub2": Hypothesis("type-sub2", by_type=True, clusters=2,
+                            what="each cell type split in two by k-means (four classes)"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -125,6 +134,33 @@ def load_data(config: DetectorConfig, progress: bool = True) -> Data:
                 np.array([s.label for s in loc]), masks, types)
 
 
+def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[str, ...], dict[str, torch.Tensor]]:
+    """The class names and each cell's class ({"train" | "test" | "loc": (N,)}): its cell type when the
+    hypothesis is ``by_type`` (else one class), each split into ``clusters`` by k-means on the cells' mean
+    feature vectors, fitted on that class's training normals only (test cells take the nearest centre),
+    seeded: what a line could do with no labels at all."""
+    base = data.types if hypothesis.by_type else {k: torch.zeros_like(v) for k, v in data.types.items()}
+    names = ELPV_TYPES if hypothesis.by_type else ("all",)
+    k = hypothesis.clusters
+    if k <= 1:
+        return tuple(names), base
+    from sklearn.cluster import KMeans  # optional: only this protocol's cluster hypotheses use it
+
+    described = {"train": data.train, "test": data.test, "loc": data.loc}
+    described = {part: f.mean((2, 3)) for part, f in described.items()}
+    centre, scale = described["train"].mean(0), described["train"].std(0) + 1e-6
+    described = {part: ((d - centre) / scale).numpy() for part, d in described.items()}
+    labels = {part: torch.empty_like(v) for part, v in base.items()}
+    for c in range(len(names)):
+        fit = KMeans(k, n_init=10, random_state=seed).fit(described["train"][(base["train"] == c).numpy()])
+        for part, classes in base.items():
+            chosen = (classes == c).numpy()
+            if chosen.any():
+                labels[part][torch.from_numpy(chosen)] = c * k + torch.from_numpy(
+                    fit.predict(described[part][chosen]).astype(np.int64))
+    return tuple(f"{name}-{j}" for name in names for j in range(k)), labels
+
+
 def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
                progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """A trained detector for one seed, its standardised feature sets and their class labels.
@@ -134,8 +170,8 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     """
     tc = replace(base_train, seed=seed, **hypothesis.train)
     index = {p: i for i, p in enumerate(data.train_paths)}
-    groups = ([[p for p, t in zip(data.train_paths, data.types["train"]) if t == k] for k in range(len(ELPV_TYPES))]
-              if hypothesis.by_type else [data.train_paths])
+    names, classes = class_labels(data, hypothesis, seed)
+    groups = [[p for p, t in zip(data.train_paths, classes["train"]) if t == k] for k in range(len(names))]
     splits = [split_normals(group, tc.calib_fraction, seed) for group in groups]
     parts = {"train": [p for tr, _ in splits for p in tr], "calib": [p for _, ca in splits for p in ca]}
     rows = {k: [index[p] for p in v] for k, v in parts.items()}  # into data.train
@@ -147,12 +183,10 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
         raw["learn"] = every_view[rows["learn"]]
         del every_view
     raw = {k: aggregate(v, hypothesis.neighbourhood) for k, v in raw.items()}
-    if hypothesis.by_type:
-        config = replace(config, classes=ELPV_TYPES)
-        labels = {k: data.types["train"][[i % len(data.train_paths) for i in v]] for k, v in rows.items()}
-        labels |= {k: data.types[k] for k in ("test", "loc")}
-    else:
-        labels = {k: torch.zeros(len(v), dtype=torch.long) for k, v in raw.items()}
+    if len(names) > 1:
+        config = replace(config, classes=names)
+    labels = {k: classes["train"][[i % len(data.train_paths) for i in v]] for k, v in rows.items()}
+    labels |= {k: classes[k] for k in ("test", "loc")}
     detector = build_detector(config, tc)
     learn = "learn" if views > 1 else "train"  # what the denoiser learns; statistics use "train"
     mean, std = feature_statistics(raw[learn])
@@ -372,11 +406,11 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                 loaded[config] = load_data(config, progress)
             data = loaded[config]
             detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
-            # S = 3 vs 5 and the reconstruction baseline depend on the denoiser only through its weights:
-            # measured for the base hypothesis; other hypotheses are scored at the first step count.
+            # S = 3 vs 5 depends on the denoiser only through its weights: measured for the base
+            # hypothesis; other hypotheses are scored at the first step count.
             base = name == "base"
             variants = scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
-                                        reconstruction=base and reconstruction)
+                                        reconstruction=reconstruction)
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
                          "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
