@@ -139,6 +139,10 @@ def test_detector_config_validation():
         DetectorConfig(score_components=("nll", "magic"))
     with pytest.raises(ValueError, match="multiple of 16"):
         DetectorConfig(image_size=100)
+    with pytest.raises(ValueError, match="multiple of 32"):  # a stride-32 tap needs whole cells
+        DetectorConfig(image_size=240, strides=(4, 8, 16, 32), grid_stride=16)
+    with pytest.raises(ValueError, match="subset of 2, 4, 8, 16, 32"):
+        DetectorConfig(strides=(4, 64))
 
 
 def test_empty_training_folder_and_wrong_layout(tmp_path):

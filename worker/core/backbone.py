@@ -126,10 +126,12 @@ class BackboneSpec:
     def __post_init__(self):
         if self.name not in BACKBONES:
             raise ValueError(f"unknown backbone {self.name!r}; choose one of {', '.join(BACKBONES)}")
-        if not self.strides or any(s not in (2, 4, 8, 16) for s in self.strides):
-            raise ValueError(f"strides must be a non-empty subset of 2, 4, 8, 16; got {self.strides}")
-        if self.image_size < 32 or self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16 and >= 32; got {self.image_size}")
+        if not self.strides or any(s not in (2, 4, 8, 16, 32) for s in self.strides):
+            raise ValueError(f"strides must be a non-empty subset of 2, 4, 8, 16, 32; got {self.strides}")
+        multiple = max(16, *self.strides)
+        if self.image_size < 32 or self.image_size % multiple:
+            raise ValueError(f"image_size must be a multiple of {multiple} (the coarsest tap's stride, at least 16) "
+                             f"and >= 32; got {self.image_size}")
         if self.grid_stride not in (0, 4, 8, 16):
             raise ValueError(f"grid_stride must be 4, 8 or 16 (or 0: the coarsest tap's); got {self.grid_stride}")
 
