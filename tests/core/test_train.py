@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worker.core.denoiser import FeatureDenoiser
-from worker.core.inversion import make_scheduler
+from worker.core.inversion import make_scheduler, q_sample
 from worker.core.train import TrainConfig, train_denoiser
 
 
@@ -58,3 +58,39 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_a_fix(tmp_path):
     (folder / "state.json").write_text(json.dumps({"step": 10, "param_groups": []}))
     with pytest.raises(ValueError, match="without --resume"):
         _run(torch.randn(8, 4, 2, 2), TrainConfig(iterations=20, batch_size=2), folder, resume=True)
+
+
+@pytest.mark.parametrize("position_grid", [0, 4])
+def test_a_denoiser_with_positions_knows_where_normal_content_belongs(position_grid):
+    """Normal parts are aligned: each grid position holds its own pattern. A per-position MLP cannot tell
+    positions apart, so it predicts the noise on normal content moved elsewhere as well as in place; one
+    that learnt a position embedding predicts it much worse there (the content is not normal *there*)."""
+    generator = torch.Generator().manual_seed(2)
+    pattern = 2.0 * torch.randn(1, 8, 4, 4, generator=generator)
+    features = pattern + 0.5 * torch.randn(64, 8, 4, 4, generator=generator)
+    torch.manual_seed(0)
+    model = FeatureDenoiser(in_channels=8, width=32, num_blocks=2, position_grid=position_grid)
+    config = TrainConfig(iterations=300, batch_size=16, warmup=20, learning_rate=3e-3, checkpoint_every=1000)
+    alphas_cumprod = make_scheduler().alphas_cumprod
+    model, _ = train_denoiser(model, features, torch.zeros(len(features), dtype=torch.long), config,
+                              alphas_cumprod, torch.device("cpu"), progress=False)
+    model.eval()
+    normal = pattern + 0.5 * torch.randn(32, 8, 4, 4, generator=generator)
+    noise = torch.randn(normal.shape, generator=generator)
+    t = 500
+
+    def error(x0):
+        with torch.no_grad():
+            return ((model(q_sample(x0, noise, alphas_cumprod[t]), torch.tensor(t)) - noise) ** 2).mean()
+
+    ratio = error(normal.flip(-1)) / error(normal)  # the same content at the mirrored positions
+    if position_grid:
+        assert ratio > 1.5
+    else:
+        assert 0.9 < ratio < 1.1
+
+
+def test_a_denoiser_with_positions_refuses_another_grid():
+    model = FeatureDenoiser(in_channels=8, width=16, num_blocks=1, position_grid=4)
+    with pytest.raises(ValueError, match="4 x 4 grid; got a 5 x 5 grid"):
+        model(torch.randn(1, 8, 5, 5), torch.tensor([10]))

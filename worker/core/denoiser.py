@@ -66,22 +66,30 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         kernel_size: 1 (default) makes it a per-position MLP; 3 or 5 lets each position see its
             neighbours.
         num_classes: 0 for an unconditional model; N for N product classes.
+        position_grid: 0 (default) for a model that does not know where a position lies; g adds a
+            learned embedding per position of a g x g grid to the hidden features, so the model learns
+            what is normal *there* (aligned parts: a busbar is normal in its row, not elsewhere).
     """
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, in_channels: int, width: int = DEFAULT_WIDTH, num_blocks: int = DEFAULT_BLOCKS,
-                 kernel_size: int = DEFAULT_KERNEL_SIZE, num_classes: int = 0, time_embed_dim: int = 128):
+                 kernel_size: int = DEFAULT_KERNEL_SIZE, num_classes: int = 0, time_embed_dim: int = 128,
+                 position_grid: int = 0):
         super().__init__()
-        if in_channels < 1 or width < 8 or num_blocks < 1 or kernel_size not in (1, 3, 5):
+        if (in_channels < 1 or width < 8 or num_blocks < 1 or kernel_size not in (1, 3, 5)
+                or position_grid < 0):
             raise ValueError(f"bad denoiser shape: in_channels={in_channels}, width={width}, "
-                             f"num_blocks={num_blocks}, kernel_size={kernel_size} (1, 3 or 5)")
+                             f"num_blocks={num_blocks}, kernel_size={kernel_size} (1, 3 or 5), "
+                             f"position_grid={position_grid} (0 or the grid side)")
         groups = math.gcd(width, 32)
         cond_dim = 4 * time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.class_embedding = nn.Embedding(num_classes, cond_dim) if num_classes > 0 else None
         self.proj_in = nn.Conv2d(in_channels, width, 1)
+        self.position_embedding = (nn.Parameter(0.02 * torch.randn(1, width, position_grid, position_grid))
+                                   if position_grid else None)
         self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups) for _ in range(num_blocks))
         self.norm_out = nn.GroupNorm(groups, width)
         self.proj_out = nn.Conv2d(width, in_channels, 1)
@@ -96,6 +104,11 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
                 raise ValueError("this denoiser is class-conditional: pass class_labels")
             cond = cond + self.class_embedding(class_labels)
         h = self.proj_in(sample)  # (B, W, g, g)
+        if self.position_embedding is not None:
+            if h.shape[-2:] != self.position_embedding.shape[-2:]:
+                raise ValueError(f"this denoiser learnt positions on a {self.config.position_grid} x "
+                                 f"{self.config.position_grid} grid; got a {h.shape[-2]} x {h.shape[-1]} grid")
+            h = h + self.position_embedding.to(h.dtype)
         for block in self.blocks:
             h = block(h, cond)
         return self.proj_out(nn.functional.silu(self.norm_out(h)))  # (B, C, g, g)

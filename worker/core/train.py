@@ -56,6 +56,7 @@ class TrainConfig:
     width: int = DEFAULT_WIDTH
     num_blocks: int = DEFAULT_BLOCKS
     kernel_size: int = DEFAULT_KERNEL_SIZE
+    position_embedding: bool = False  # the denoiser learns one embedding per grid position
     calib_fraction: float = 0.2
     seed: int = 0
     checkpoint_every: int = 250
@@ -316,7 +317,8 @@ def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
     k = len(detector_config.classes)
     denoiser = FeatureDenoiser(in_channels=extractor.channels, width=train_config.width,
                                num_blocks=train_config.num_blocks, kernel_size=train_config.kernel_size,
-                               num_classes=k if k > 1 else 0)
+                               num_classes=k if k > 1 else 0,
+                               position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0)
     return Detector(detector_config, extractor, denoiser, scheduler.alphas_cumprod, dict(scheduler.config))
 
 
