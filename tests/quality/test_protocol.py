@@ -156,3 +156,46 @@ def test_cluster_classes_are_found_on_training_normals_and_nest_inside_cell_type
     assert all(len(f) == 1 for f in found) and len(set.union(*found)) == 4
     assert found[0] | found[1] == {0, 1} and found[2] | found[3] == {2, 3}  # types never mix
     assert {int(labels["test"][0])} == found[1] and {int(labels["test"][1])} == found[3]
+
+
+def test_ensemble_members_share_one_split_and_their_scores_and_thresholds_are_averaged(tmp_path, monkeypatch):
+    """type-ens3: every member trains on the same split with its own seed; the ensemble's rows average
+    the members' scores and maps, and its shipped threshold is set on the averaged calibration scores."""
+    from synthetic import make_texture_images
+    from worker.core.config import DetectorConfig
+    from worker.core.scoring import threshold_at_fpr
+    from worker.core.train import TrainConfig
+    from worker.quality import protocol
+    from worker.quality.features import raw_features
+
+    monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
+    images, _ = make_texture_images(24, size=64)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"cell{i:02d}.png")
+        image.save(paths[-1])
+    config = DetectorConfig(image_size=64)
+    train = raw_features(config, "elpv-train", paths, progress=False)
+    types = torch.tensor([i % 2 for i in range(24)])
+    data = protocol.Data(paths, train, train[:6], np.array([0, 0, 0, 1, 1, 1]), train[:4], np.array([0, 0, 1, 1]),
+                         np.zeros((4, 64, 64), bool), {"train": types, "test": types[:6], "loc": types[:4]})
+    hypothesis = protocol.HYPOTHESES["type-ens3"]
+    base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
+    trained = [protocol.train_seed(data, config, hypothesis, 7, base, member=j) for j in range(2)]
+    (first, feats, labels, _), (second, feats2, labels2, _) = trained
+    assert all(torch.equal(feats[k], feats2[k]) and torch.equal(labels[k], labels2[k]) for k in feats)  # one split
+    assert not torch.equal(first.denoiser.proj_in.weight, second.denoiser.proj_in.weight)  # own seeds
+
+    members = [protocol.scoring_variants(d, feats, labels, steps_list=(1,), reconstruction=False)
+               for d, *_ in trained]
+    out = protocol.ensemble(members, labels, target_fpr=0.1)
+    shipped = "S=1 shipped (nll+map_max)"
+    for part in ("test", "loc"):
+        score, grid, ms = out[part][shipped]
+        torch.testing.assert_close(score, (members[0][part][shipped][0] + members[1][part][shipped][0]) / 2)
+        torch.testing.assert_close(grid, (members[0][part][shipped][1] + members[1][part][shipped][1]) / 2)
+        assert ms == members[0][part][shipped][2] + members[1][part][shipped][2]
+    calib = out["calib"][shipped]
+    for k in (0, 1):
+        expected = threshold_at_fpr(calib[labels["calib"] == k].numpy(), 0.1)
+        assert out["thresholds"][shipped][labels["test"] == k].eq(expected).all()

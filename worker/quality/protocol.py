@@ -35,7 +35,7 @@ from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, latent_nll, latent_norm_map
+from ..core.scoring import class_standardisers, latent_nll, latent_norm_map, threshold_at_fpr
 from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics, split_normals,
                           train_denoiser)
 from .defects import localisation_sources, write_localisation_set
@@ -55,6 +55,7 @@ class Hypothesis:
     neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
     by_type: bool = False  # one class per ELPV cell type (mono, poly): a class-conditional bundle
     clusters: int = 1  # split each class into this many by k-means on the cells' mean features
+    members: int = 1  # an ensemble: this many denoisers (one split, own seeds), their scores and maps averaged
     what: str = ""
 
 
@@ -88,6 +89,16 @@ HYPOTHESES = {
     "clusters4": Hypothesis("clusters4", clusters=4, what="four classes found by k-means, no type labels"),
     "type-sub2": Hypothesis("type-sub2", by_type=True, clusters=2,
                             what="each cell type split in two by k-means (four classes)"),
+    "type-k3": Hypothesis("type-k3", {"kernel_size": 3}, by_type=True,
+                          what="class-conditional on the cell type, 3x3 conv denoiser (sees neighbouring positions)"),
+    "type-pos": Hypothesis("type-pos", {"position_embedding": True}, by_type=True,
+                           what="class-conditional on the cell type, a learned embedding per grid position"),
+    "type-s2": Hypothesis("type-s2", detector={"strides": (2, 4, 8, 16)}, by_type=True,
+                          what="class-conditional on the cell type, taps at strides 2, 4, 8, 16 (UniAD's, as the paper)"),
+    "type-s32": Hypothesis("type-s32", detector={"strides": (4, 8, 16, 32), "grid_stride": 16}, by_type=True,
+                           what="class-conditional on the cell type, taps at strides 4 to 32 (context), 16 x 16 grid"),
+    "type-ens3": Hypothesis("type-ens3", by_type=True, members=3,
+                            what="class-conditional on the cell type, three denoisers' scores and maps averaged"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -161,12 +172,17 @@ def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[s
     return tuple(f"{name}-{j}" for name in names for j in range(k)), labels
 
 
+MEMBER_SEED_STEP = 1000  # ensemble member j of seed s trains its denoiser with seed s + 1000 j
+
+
 def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
-               progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+               progress: bool = False,
+               member: int = 0) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """A trained detector for one seed, its standardised feature sets and their class labels.
 
     A hypothesis ``by_type`` splits each cell type's normals as ``invad train elpv/mono elpv/poly`` does
-    (a class-conditional bundle); otherwise all normals form one class.
+    (a class-conditional bundle); otherwise all normals form one class. ``seed`` chooses the split;
+    ``member`` > 0 trains another denoiser on the same split (its own initial weights and batches).
     """
     tc = replace(base_train, seed=seed, **hypothesis.train)
     index = {p: i for i, p in enumerate(data.train_paths)}
@@ -188,12 +204,13 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     labels = {k: classes["train"][[i % len(data.train_paths) for i in v]] for k, v in rows.items()}
     labels |= {k: classes[k] for k in ("test", "loc")}
     detector = build_detector(config, tc)
+    tc = replace(tc, seed=seed + MEMBER_SEED_STEP * member)
     learn = "learn" if views > 1 else "train"  # what the denoiser learns; statistics use "train"
     mean, std = feature_statistics(raw[learn])
     detector.feature_mean.copy_(mean)
     detector.feature_std.copy_(std)
     feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
-    torch.manual_seed(seed)
+    torch.manual_seed(tc.seed)
     initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
     clock = time.perf_counter()
     denoiser, _ = train_denoiser(initial, feats[learn], labels[learn], tc, detector.alphas_cumprod,
@@ -293,6 +310,26 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
             out[name][f"S={steps} nll+top16"] = ((out[name][nll][0] + out[name][top][0]) / 2, out[name][top][1],
                                                  ms[nll])
     out["thresholds"] = thresholds
+    out["calib"] = {variant: scored["calib"][variant][0] for variant in thresholds}  # calibrated scores
+    return out
+
+
+def ensemble(members: Sequence[dict], labels: dict[str, torch.Tensor], target_fpr: float) -> dict:
+    """The :func:`scoring_variants` of an ensemble from its members': every image score (each already
+    standardised on the calibration normals) and grid map averaged, costs added; the shipped rows'
+    thresholds set again per class on the averaged calibration scores, as calibrating the ensemble would."""
+    out: dict[str, dict] = {}
+    for part in ("test", "loc"):
+        out[part] = {variant: (torch.stack([m[part][variant][0] for m in members]).mean(0),
+                               torch.stack([m[part][variant][1] for m in members]).mean(0),
+                               sum(m[part][variant][2] for m in members))
+                     for variant in members[0][part]}
+    out["calib"] = {v: torch.stack([m["calib"][v] for m in members]).mean(0) for v in members[0]["calib"]}
+    out["thresholds"] = {}
+    for variant, calib in out["calib"].items():
+        per_class = {int(k): threshold_at_fpr(calib[labels["calib"] == k].numpy(), target_fpr)
+                     for k in labels["calib"].unique()}
+        out["thresholds"][variant] = torch.tensor([per_class[int(k)] for k in labels["test"]])
     return out
 
 
@@ -405,12 +442,17 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                 loaded.clear()  # one feature set in memory at a time
                 loaded[config] = load_data(config, progress)
             data = loaded[config]
-            detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
             # S = 3 vs 5 depends on the denoiser only through its weights: measured for the base
             # hypothesis; other hypotheses are scored at the first step count.
             base = name == "base"
-            variants = scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
-                                        reconstruction=reconstruction)
+            members, train_s = [], 0.0
+            for member in range(hypothesis.members):
+                detector, feats, labels, seconds = train_seed(data, config, hypothesis, seed, base_train, progress,
+                                                              member)
+                members.append(scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
+                                                reconstruction=reconstruction))
+                train_s += seconds
+            variants = members[0] if len(members) == 1 else ensemble(members, labels, detector.config.target_fpr)
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
                          "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
