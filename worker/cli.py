@@ -48,8 +48,10 @@ def _tiles(text: str) -> str | tuple[int, int]:
     return rows, cols
 
 
-# worker.core.train.AUGMENTATIONS (that module imports torch; a test keeps the two equal)
+# worker.core.train.AUGMENTATIONS and worker.core.config.FEATURE_NORMS (those modules import torch; tests
+# keep the copies equal)
 AUGMENT_CHOICES = ("none", "flips", "dihedral")
+FEATURE_NORM_CHOICES = ("channel", "position")
 
 
 def _add_train(sub) -> None:
@@ -68,8 +70,13 @@ def _add_train(sub) -> None:
     p.add_argument("--grid-stride", type=int, choices=(4, 8, 16), default=None,
                    help="stride of the latent grid (default: the coarsest tap's; 8 gives 32 x 32 at 256 px)")
     p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--feature-norm", choices=FEATURE_NORM_CHOICES, default="position",
+                   help="what the denoiser models: each position's deviation from the class's normal there "
+                        "(position, default: aligned parts) or the features standardised per channel only "
+                        "(channel: the paper's; parts that sit anywhere in the frame)")
     p.add_argument("--steps", type=positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
-    p.add_argument("--score", default="nll,map_max", help="score components: nll, range, map_max, map_mean")
+    p.add_argument("--score", default="nll,map_top",
+                   help="score components: nll, range, map_max, map_mean, map_top (default nll,map_top)")
     p.add_argument("--target-fpr", type=_probability, default=0.01, help="false-positive rate on normals (default 0.01)")
     p.add_argument("--validation", default=None, help="labelled MVTec-layout category (or 'elpv'): F1-max threshold")
     p.add_argument("--iterations", type=positive_int, default=None, help="denoiser training steps (default 300)")
@@ -104,7 +111,7 @@ def _run_train(args) -> int:
                                      backbone=args.backbone, strides=tuple(args.strides),
                                      grid_stride=args.grid_stride or 0, steps=args.steps,
                                      score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),
-                                     target_fpr=args.target_fpr)
+                                     target_fpr=args.target_fpr, feature_norm=args.feature_norm)
     overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "width": args.width,
                  "num_blocks": args.blocks, "kernel_size": args.kernel_size, "learning_rate": args.lr,
                  "calib_fraction": args.calib_fraction, "checkpoint_every": args.checkpoint_every,
@@ -225,6 +232,8 @@ def _add_bench(sub) -> None:
                    help="latent grid stride of the untrained default detector (default: 16, a 16 x 16 grid at 256 px)")
     p.add_argument("--backbone", default=None,
                    help="backbone of the untrained default detector (default efficientnet-lite0; packaged weights)")
+    p.add_argument("--feature-norm", choices=FEATURE_NORM_CHOICES, default=None,
+                   help="the untrained default detector's denoiser input (default position)")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
     p.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",

@@ -46,3 +46,18 @@ def test_a_corrupt_scores_file_is_refused_naming_it(tiny_bundle, tmp_path, conte
 def test_the_file_is_plain_json(tiny_bundle):
     stored = json.loads((tiny_bundle / bundle.CALIBRATION_FILE).read_text())
     assert set(stored) == {"scores"} and all(isinstance(v, float) for v in stored["scores"]["default"])
+
+
+def test_map_top_is_the_mean_of_the_highest_sixteenth_of_the_grid():
+    """16 of a 16 x 16 map; one position of a 4 x 4 map (the maximum); a lone spike moves it 1/16 as much."""
+    import torch
+
+    from worker.core.scoring import image_components
+
+    maps = torch.zeros(2, 16, 16)
+    maps[0].view(-1)[:20] = torch.arange(20, dtype=torch.float)  # the highest 16 are 4..19
+    maps[1, 0, 0] = 16.0  # one spike at the border
+    top = image_components(maps)["map_top"]
+    assert top.tolist() == [pytest.approx(11.5), pytest.approx(1.0)]
+    small = torch.randn(3, 4, 4)
+    assert torch.equal(image_components(small)["map_top"], small.flatten(1).max(1).values)

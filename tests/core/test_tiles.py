@@ -80,7 +80,7 @@ def wide_category(tmp_path_factory):
 def tiled_bundle(wide_category, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiled"
     train([wide_category], out, DetectorConfig(name="tiled", image_size=SIZE, tiles=(1, 2)),
-          TrainConfig(iterations=60, batch_size=8, width=16, num_blocks=1, warmup=10, calib_fraction=0.25),
+          TrainConfig(iterations=300, batch_size=8, width=16, num_blocks=1, warmup=10, calib_fraction=0.25),
           progress=False)
     return out
 

@@ -158,21 +158,23 @@ def bench_images(n: int, size: int, seed: int = 0):
 
 
 def build(model: str | None, image_size: int, device: str | None, grid_stride: int | None = None,
-          backbone: str | None = None) -> Detector:
+          backbone: str | None = None, feature_norm: str | None = None) -> Detector:
     """The bundle at ``model``, else the untrained default architecture at ``image_size`` px, with
-    ``grid_stride`` and ``backbone`` if given (what they cost does not depend on trained weights)."""
+    ``grid_stride``, ``backbone`` and ``feature_norm`` if given (what they cost does not depend on trained
+    weights)."""
     selected = select_device(device)
     if model:
         return Detector.from_pretrained(model, selected)
     config = DetectorConfig(image_size=image_size, grid_stride=grid_stride or 0,
-                            backbone=backbone or DetectorConfig.backbone)
+                            backbone=backbone or DetectorConfig.backbone,
+                            feature_norm=feature_norm or DetectorConfig.feature_norm)
     return build_detector(config, TrainConfig()).to(selected)
 
 
 def run(args: Any) -> int:
     """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
     detector = build(args.model, args.image_size, args.device, getattr(args, "grid_stride", None),
-                     getattr(args, "backbone", None))
+                     getattr(args, "backbone", None), getattr(args, "feature_norm", None))
     compile_mode = getattr(args, "compile", "off")
     if compile_mode != "off":
         detector.compile_networks(compile_mode)
@@ -182,6 +184,7 @@ def run(args: Any) -> int:
     write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
                            "compile": compile_mode, "image_size": detector.config.image_size,
                            "grid": detector.extractor.grid, "backbone": detector.config.backbone,
+                           "feature_norm": detector.config.feature_norm,
                            "autocast": "bf16" if detector.device.type == "cuda" else "off",
                            "channels_last": detector.device.type == "cuda",
                            "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})

@@ -11,6 +11,10 @@ from .scoring import COMPONENTS
 from .tiles import check_layout
 
 FORMAT_VERSION = 1
+# What the denoiser sees: "channel" = features standardised per channel (the paper's); "position" = each
+# class's features also standardised per grid position, so the denoiser models each position's deviation
+# from that class's normal there (ELPV over 3 seeds: docs/BENCHMARKS.md, sixth round).
+FEATURE_NORMS = ("channel", "position")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCORE_KINDS = ("inversion", "reconstruction", "gaussian")
@@ -36,6 +40,7 @@ class DetectorConfig:
     ``classes`` are the product keys the bundle serves (one class: an unconditional model).
     ``score_components`` are standardised on held-out normals and averaged into the image score.
     ``tiles`` (rows, cols) of ``image_size`` squares cover each image (:mod:`worker.core.tiles`).
+    ``feature_norm`` is one of :data:`FEATURE_NORMS`; bundles saved before it existed are "channel".
     """
 
     name: str = "invad"
@@ -46,9 +51,10 @@ class DetectorConfig:
     backbone: str = "efficientnet-lite0"
     strides: tuple[int, ...] = (4, 8, 16)
     grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
+    feature_norm: str = "position"
     classes: tuple[str, ...] = ("default",)
     steps: int = 3
-    score_components: tuple[str, ...] = ("nll", "map_max")
+    score_components: tuple[str, ...] = ("nll", "map_top")
     map_sigma: float = 4.0
     target_fpr: float = 0.01
     threshold_method: str = "fpr"
@@ -69,6 +75,8 @@ class DetectorConfig:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.threshold_method not in ("fpr", "f1max"):
             raise ValueError(f"threshold_method must be 'fpr' or 'f1max', got {self.threshold_method!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {self.feature_norm!r}")
         if self.map_sigma < 0:
             raise ValueError(f"map_sigma must be >= 0, got {self.map_sigma}")
 
@@ -95,6 +103,7 @@ class DetectorConfig:
         if unknown:
             raise ValueError(f"unknown detector config keys {unknown}; known: {sorted(known)}")
         data = dict(data)
+        data.setdefault("feature_norm", "channel")  # written before the option existed: what it was then
         for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components", "tiles"):
             if key in data:
                 data[key] = tuple(data[key])

@@ -1,7 +1,7 @@
 """The detector: images in, calibrated anomaly scores and maps out.
 
     images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g) per tile,
-           standardised per channel
+           standardised per channel (and, with feature_norm "position", per class and grid position)
            -> S-step DDIM inversion z = x_S -> NLL, latent-norm map, range -> calibrated image score
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
@@ -28,6 +28,12 @@ from .denoiser import FeatureDenoiser
 from .images import model_input
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
 from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
+
+# Floor of a position's standard deviation when the denoiser's input is standardised per position, in
+# units of its channel's (features are standardised per channel first): a position that never varied
+# on the training normals (a flat background) must not turn a small change into an enormous deviation.
+# ELPV's smallest is 0.11 (mono cells, all training normals).
+POSITION_STD_FLOOR = 0.1
 from .tiles import image_max, join_tiles, split_tiles
 
 
@@ -177,13 +183,23 @@ class Detector(nn.Module):
 
         return eps
 
+    def denoiser_input(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """What the denoiser models, from features x0 (B, C, g, g) standardised per channel: x0 itself, or
+        with ``feature_norm`` "position" each class's deviation from its normal at each position, in units
+        of its spread there (the Gaussian baseline's statistics, fitted before the denoiser is trained)."""
+        if self.config.feature_norm == "channel":
+            return x0
+        return (x0 - self.gauss_mean[labels]) / self.gauss_std[labels].clamp_min(POSITION_STD_FLOOR)
+
     def invert(self, x0: torch.Tensor, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """z = DDIM inversion of x0 (B, C, g, g) in ``steps`` (default: the bundle's) network evaluations."""
+        """z = DDIM inversion of the denoiser's input x0 (B, C, g, g) (:meth:`denoiser_input`) in ``steps``
+        (default: the bundle's) network evaluations."""
         timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
         return ddim_invert(self.eps_fn(labels), x0, self.alphas_cumprod, timesteps)
 
     def reconstruct(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The reconstruction baseline: x0 noised to t_start with fixed noise, then DDIM-denoised to 0."""
+        """The reconstruction baseline on the denoiser's input x0: noised to t_start with fixed noise, then
+        DDIM-denoised to 0."""
         rc = self.config.reconstruction
         generator = torch.Generator().manual_seed(rc.seed)
         noise = torch.randn(x0.shape[1:], generator=generator).to(x0.device)  # same for every image
@@ -199,10 +215,11 @@ class Detector(nn.Module):
         per-position feature error; gaussian: ``norm``, the diagonal Mahalanobis distance per position.
         """
         if kind == "inversion":
-            z = self.invert(x0, labels, steps)
+            z = self.invert(self.denoiser_input(x0, labels), labels, steps)
             return {"norm": latent_norm_map(z), "nll": latent_nll(z)}
         if kind == "reconstruction":
-            return {"norm": latent_norm_map(x0 - self.reconstruct(x0, labels))}
+            x = self.denoiser_input(x0, labels)
+            return {"norm": latent_norm_map(x - self.reconstruct(x, labels))}
         if kind == "gaussian":
             return {"norm": latent_norm_map((x0 - self.gauss_mean[labels]) / self.gauss_std[labels])}
         raise ValueError(f"unknown scoring method {kind!r}; choose inversion, reconstruction or gaussian")

@@ -246,15 +246,22 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
 
 
 @torch.no_grad()
+def fit_feature_statistics(detector: Detector, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Per-class, per-position statistics of the training features: the Gaussian baseline's, and the
+    denoiser's input standardisation when ``feature_norm`` is "position" (so fit them before training it)."""
+    for buffer, fitted in zip((detector.gauss_mean, detector.gauss_std),
+                              class_standardisers(features.cpu(), labels.cpu(), len(detector.classes))):
+        buffer.copy_(fitted)
+
+
+@torch.no_grad()
 def fit_statistics(detector: Detector, features: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> None:
-    """Per-class, per-position latent-norm statistics and the Gaussian baseline, from training features."""
+    """Per-class, per-position latent-norm statistics of the trained denoiser on the training features."""
     norms = torch.cat([detector.raw_maps(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))["norm"].cpu()
                        for i in range(0, len(features), batch)])
-    classes = len(detector.classes)
-    for buffers, values in (((detector.position_mean, detector.position_std), norms),
-                            ((detector.gauss_mean, detector.gauss_std), features.cpu())):
-        for buffer, fitted in zip(buffers, class_standardisers(values, labels.cpu(), classes)):
-            buffer.copy_(fitted)
+    for buffer, fitted in zip((detector.position_mean, detector.position_std),
+                              class_standardisers(norms, labels.cpu(), len(detector.classes))):
+        buffer.copy_(fitted)
 
 
 @torch.no_grad()
@@ -366,17 +373,19 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     detector.feature_std.copy_(std)
     standardise = lambda f: (f - mean[:, None, None]) / std[:, None, None]  # noqa: E731
     train_feats, calib_feats = standardise(raw_train), standardise(calib_feats)
+    # Statistics describe the images the line will send: the unaugmented ones.
+    fit_feature_statistics(detector, train_feats[as_is], train_labels[as_is])
+    learn = detector.denoiser_input(train_feats.to(torch_device), train_labels.to(torch_device)).cpu()
     t_features = time.perf_counter()
 
     checkpoint = Path(str(out).rstrip("/") + ".checkpoint")
     torch.manual_seed(train_config.seed)
     initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights
-    denoiser, losses = train_denoiser(initial, train_feats, train_labels, train_config, detector.alphas_cumprod.cpu(),
+    denoiser, losses = train_denoiser(initial, learn, train_labels, train_config, detector.alphas_cumprod.cpu(),
                                       torch_device, checkpoint, resume, progress)
     detector.denoiser = denoiser.to(torch_device).eval()
     t_train = time.perf_counter()
 
-    # Position statistics describe the images the line will send: the unaugmented ones.
     fit_statistics(detector, train_feats[as_is], train_labels[as_is])
     validation_set = None
     if validation is not None:
