@@ -102,7 +102,8 @@ def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_st
     assert len(feats["train"]) + len(feats["calib"]) == 20
     assert len(learned["features"]) == 4 * len(feats["train"])
     assert learned["labels"].tolist() == 4 * labels["train"].tolist()  # view-major, each row keeps its type
-    assert torch.equal(learned["features"][:len(feats["train"])], feats["train"])  # the first view: as they are
+    # the first view: the training part as it is, in the denoiser's input space
+    assert torch.equal(learned["features"][:len(feats["train"])], detector.denoiser_input(feats["train"], labels["train"]))
     assert len(list(cache_root().glob("*/elpv-train-flips-*.pt"))) == 1
 
 
@@ -189,7 +190,7 @@ def test_ensemble_members_share_one_split_and_their_scores_and_thresholds_are_av
     members = [protocol.scoring_variants(d, feats, labels, steps_list=(1,), reconstruction=False)
                for d, *_ in trained]
     out = protocol.ensemble(members, labels, target_fpr=0.1)
-    shipped = "S=1 shipped (nll+map_max)"
+    shipped = "S=1 shipped (nll+map_top)"
     for part in ("test", "loc"):
         score, grid, ms = out[part][shipped]
         torch.testing.assert_close(score, (members[0][part][shipped][0] + members[1][part][shipped][0]) / 2)

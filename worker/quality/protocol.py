@@ -35,9 +35,9 @@ from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, latent_nll, latent_norm_map, threshold_at_fpr
-from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics, split_normals,
-                          train_denoiser)
+from ..core.scoring import class_standardisers, image_components, latent_nll, latent_norm_map, threshold_at_fpr
+from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics,
+                          fit_feature_statistics, split_normals, train_denoiser)
 from .defects import localisation_sources, write_localisation_set
 from .features import cache_root, raw_features
 
@@ -60,7 +60,7 @@ class Hypothesis:
 
 
 HYPOTHESES = {
-    "base": Hypothesis("base", what="the shipped defaults"),
+    "base": Hypothesis("base", what="the defaults before the sixth round (PROTOCOL_DETECTOR), one class"),
     "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
     "type": Hypothesis("type", by_type=True, what="class-conditional on the cell type (mono, poly)"),
     "type-nbhd3": Hypothesis("type-nbhd3", neighbourhood=3, by_type=True,
@@ -97,8 +97,14 @@ HYPOTHESES = {
                           what="class-conditional on the cell type, taps at strides 2, 4, 8, 16 (UniAD's, as the paper)"),
     "type-s32": Hypothesis("type-s32", detector={"strides": (4, 8, 16, 32), "grid_stride": 16}, by_type=True,
                            what="class-conditional on the cell type, taps at strides 4 to 32 (context), 16 x 16 grid"),
+    "type-posnorm": Hypothesis("type-posnorm", detector={"feature_norm": "position"}, by_type=True,
+                               what="class-conditional on the cell type, features standardised per class and position"),
     "type-ens3": Hypothesis("type-ens3", by_type=True, members=3,
                             what="class-conditional on the cell type, three denoisers' scores and maps averaged"),
+    "shipped": Hypothesis("shipped", detector={"feature_norm": "position", "score_components": ("nll", "map_top")},
+                          by_type=True, what="the bundle defaults since the sixth round: type-posnorm scored by NLL + map_top"),
+    "type-posnorm-ens3": Hypothesis("type-posnorm-ens3", detector={"feature_norm": "position"}, by_type=True,
+                                    members=3, what="type-posnorm, three denoisers' scores and maps averaged"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -172,6 +178,9 @@ def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[s
     return tuple(f"{name}-{j}" for name in names for j in range(k)), labels
 
 
+# Every hypothesis is a change to this detector: the bundle defaults as every round before the sixth
+# measured them (the denoiser's input standardised per channel only, the score NLL + map_max).
+PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"))
 MEMBER_SEED_STEP = 1000  # ensemble member j of seed s trains its denoiser with seed s + 1000 j
 
 
@@ -210,11 +219,12 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     detector.feature_mean.copy_(mean)
     detector.feature_std.copy_(std)
     feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
+    fit_feature_statistics(detector, feats["train"], labels["train"])  # as train() does, before the denoiser
     torch.manual_seed(tc.seed)
     initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
     clock = time.perf_counter()
-    denoiser, _ = train_denoiser(initial, feats[learn], labels[learn], tc, detector.alphas_cumprod,
-                                 torch.device("cpu"), progress=progress)
+    denoiser, _ = train_denoiser(initial, detector.denoiser_input(feats[learn], labels[learn]), labels[learn], tc,
+                                 detector.alphas_cumprod, torch.device("cpu"), progress=progress)
     detector.denoiser = denoiser.eval()
     feats.pop("learn", None)
     labels.pop("learn", None)
@@ -228,7 +238,8 @@ def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, s
     timesteps = inversion_timesteps(steps, len(detector.alphas_cumprod))
     out: list[list[torch.Tensor]] = [[] for _ in range(steps)]
     for start in range(0, len(x0), batch):
-        x, eps = x0[start:start + batch], detector.eps_fn(labels[start:start + batch])
+        chunk = labels[start:start + batch]
+        x, eps = detector.denoiser_input(x0[start:start + batch], chunk), detector.eps_fn(chunk)
         for k in range(steps):
             x = ddim_invert(eps, x, detector.alphas_cumprod, timesteps[k:k + 2])
             out[k].append(x)
@@ -238,6 +249,11 @@ def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, s
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
 
 
+def shipped_row(config: DetectorConfig, steps: int) -> str:
+    """The name of the row that scores as a bundle of ``config`` would, at ``steps``."""
+    return f"S={steps} shipped ({'+'.join(config.score_components)})"
+
+
 def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
                     stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Scored:
     path = inversion_path(detector, x0, labels, steps)
@@ -245,7 +261,8 @@ def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, 
     last, ensemble = maps[-1], torch.stack(maps).mean(0)
     flat = last.flatten(1)
     nll = latent_nll(path[-1])
-    rows = {f"S={steps} shipped (nll+map_max)": (detector.combine({"nll": nll, "map_max": flat.max(1).values}, labels), last),
+    components = image_components(last, nll, latent_norm_map(path[-1]))
+    rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
             f"S={steps} nll": (nll, last), f"S={steps} map_max": (flat.max(1).values, last)}
     for k in TOPK:
         rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last)
@@ -273,7 +290,7 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
     thresholds: dict[str, torch.Tensor] = {}  # the bundle's threshold of each test image, shipped rows only
     detector.gauss_mean, detector.gauss_std = class_standardisers(feats["train"], labels["train"], classes)
     for steps in steps_list:
-        detector.config = replace(base_config, steps=steps, score_components=("nll", "map_max"))
+        detector.config = replace(base_config, steps=steps)
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
         train_path = inversion_path(detector, feats["train"], labels["train"], steps)
@@ -281,7 +298,7 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
         detector.position_mean, detector.position_std = stats[-1]
         del train_path
         calibrate(detector, feats["calib"], labels["calib"])
-        thresholds[f"S={steps} shipped (nll+map_max)"] = detector.thresholds[labels["test"]].clone()
+        thresholds[shipped_row(detector.config, steps)] = detector.thresholds[labels["test"]].clone()
         for name in scored:
             clock = time.perf_counter()
             rows = _inversion_rows(detector, feats[name], labels[name], steps, stats)
@@ -437,7 +454,7 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
             if previous:
                 runs.append(previous[0])
                 continue
-            config = replace(DetectorConfig(), **hypothesis.detector)
+            config = replace(PROTOCOL_DETECTOR, **hypothesis.detector)
             if config not in loaded:
                 loaded.clear()  # one feature set in memory at a time
                 loaded[config] = load_data(config, progress)
@@ -458,7 +475,7 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                          "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
                          "by_type": hypothesis.by_type, "train_seconds": train_s, "rows": rows})
             if progress:
-                head = rows[f"S={steps_list[0]} shipped (nll+map_max)"]
+                head = rows[shipped_row(config, steps_list[0])]
                 print(f"{name} seed {seed}: trained in {train_s:.0f} s, image AUROC {head['image_auroc']:.3f}, "
                       f"pixel AUROC {head['pixel_auroc']:.3f}, AUPRO {head['aupro']:.3f}", flush=True)
             kept = [r for r in done if not (r["hypothesis"] == name and r["train_config"] == tc)]
