@@ -28,13 +28,13 @@ from .denoiser import FeatureDenoiser
 from .images import model_input
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
 from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
+from .tiles import image_max, join_tiles, split_tiles
 
 # Floor of a position's standard deviation when the denoiser's input is standardised per position, in
 # units of its channel's (features are standardised per channel first): a position that never varied
 # on the training normals (a flat background) must not turn a small change into an enormous deviation.
 # ELPV's smallest is 0.11 (mono cells, all training normals).
 POSITION_STD_FLOOR = 0.1
-from .tiles import image_max, join_tiles, split_tiles
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
