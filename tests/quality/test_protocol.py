@@ -65,26 +65,34 @@ def test_the_cli_lists_every_hypothesis():
     assert HYPOTHESIS_NAMES == tuple(HYPOTHESES)
 
 
+def _synthetic_cells(tmp_path, config, n):
+    """Protocol data from n generated 64 px cells (alternating cell types): the training set, its first
+    six cells as the test set and first four as the localisation set, features cached under INVAD_CACHE."""
+    from synthetic import make_texture_images
+    from worker.quality import protocol
+    from worker.quality.features import raw_features
+
+    paths = []
+    for i, image in enumerate(make_texture_images(n, size=64)[0]):
+        paths.append(tmp_path / f"cell{i:02d}.png")
+        image.save(paths[-1])
+    train = raw_features(config, "elpv-train", paths, progress=False)
+    types = torch.tensor([i % 2 for i in range(n)])
+    return protocol.Data(paths, train, train[:6], np.array([0, 0, 0, 1, 1, 1]), train[:4], np.array([0, 0, 1, 1]),
+                         np.zeros((4, 64, 64), bool), {"train": types, "test": types[:6], "loc": types[:4]})
+
+
 def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_statistics(tmp_path, monkeypatch):
     """type-flips: the denoiser learns the four views of each training cell (read from their own feature
     cache), while the sets that statistics and scores use hold each image once, with its cell type."""
-    from synthetic import make_texture_images
     from worker.core.config import DetectorConfig
     from worker.core.train import TrainConfig
     from worker.quality import protocol
-    from worker.quality.features import cache_root, raw_features
+    from worker.quality.features import cache_root
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
-    images, _ = make_texture_images(20, size=64)
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(tmp_path / f"cell{i:02d}.png")
-        image.save(paths[-1])
     config = DetectorConfig(image_size=64)
-    train = raw_features(config, "elpv-train", paths, progress=False)
-    types = torch.tensor([i % 2 for i in range(20)])
-    data = protocol.Data(paths, train, train[:6], np.array([0, 0, 0, 1, 1, 1]), train[:4], np.array([0, 0, 1, 1]),
-                         np.zeros((4, 64, 64), bool), {"train": types, "test": types[:6], "loc": types[:4]})
+    data = _synthetic_cells(tmp_path, config, 20)
     learned = {}
     real_train_denoiser = protocol.train_denoiser
 
@@ -162,24 +170,14 @@ def test_cluster_classes_are_found_on_training_normals_and_nest_inside_cell_type
 def test_ensemble_members_share_one_split_and_their_scores_and_thresholds_are_averaged(tmp_path, monkeypatch):
     """type-ens3: every member trains on the same split with its own seed; the ensemble's rows average
     the members' scores and maps, and its shipped threshold is set on the averaged calibration scores."""
-    from synthetic import make_texture_images
     from worker.core.config import DetectorConfig
     from worker.core.scoring import threshold_at_fpr
     from worker.core.train import TrainConfig
     from worker.quality import protocol
-    from worker.quality.features import raw_features
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
-    images, _ = make_texture_images(24, size=64)
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(tmp_path / f"cell{i:02d}.png")
-        image.save(paths[-1])
     config = DetectorConfig(image_size=64)
-    train = raw_features(config, "elpv-train", paths, progress=False)
-    types = torch.tensor([i % 2 for i in range(24)])
-    data = protocol.Data(paths, train, train[:6], np.array([0, 0, 0, 1, 1, 1]), train[:4], np.array([0, 0, 1, 1]),
-                         np.zeros((4, 64, 64), bool), {"train": types, "test": types[:6], "loc": types[:4]})
+    data = _synthetic_cells(tmp_path, config, 24)
     hypothesis = protocol.HYPOTHESES["type-ens3"]
     base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
     trained = [protocol.train_seed(data, config, hypothesis, 7, base, member=j) for j in range(2)]
