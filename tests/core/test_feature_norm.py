@@ -78,3 +78,16 @@ def test_training_fits_the_position_statistics_first_and_the_bundle_scores_as_tr
     scores = loaded.predict(normal + defective).pred_score
     reference = detector.predict(normal + defective).pred_score
     torch.testing.assert_close(torch.as_tensor(scores), torch.as_tensor(reference))
+
+
+def test_training_warns_when_position_statistics_come_from_few_images(tmp_path):
+    folder = write_mvtec_category(tmp_path / "cat", n_train=24, n_good=0, n_bad=0, size=64)
+    for feature_norm in FEATURE_NORMS:
+        _, summary = train([folder], tmp_path / feature_norm, DetectorConfig(image_size=64, feature_norm=feature_norm),
+                           TINY, progress=False)
+        note = summary["position_statistics"]["default"]
+        assert note["train_images"] == summary["train_images"] < 50
+        if feature_norm == "position":
+            assert "add normal images (at least 50) or train with --feature-norm channel" in note["warning"]
+        else:
+            assert note["warning"] is None

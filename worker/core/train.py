@@ -79,6 +79,9 @@ class TrainConfig:
 
 
 MIN_IMAGES_PER_CLASS = 8
+# Below this many training images per class, per-position statistics (feature_norm "position") are
+# noisy: training warns. The fewest measured to work is 59 (the demo's mono cells, docs/BENCHMARKS.md).
+MIN_POSITION_STATISTICS_IMAGES = 50
 # Normality-preserving views of the training images, chosen per bundle by what the product allows:
 # "flips" mirrors left-right, top-bottom and both; "dihedral" adds the transposes of those four (the
 # rotations by 90 and 270 degrees and the two diagonal mirrors); "none" is for oriented objects.
@@ -405,5 +408,18 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},
         "train_config": asdict(train_config), "device": str(torch_device),
+        "position_statistics": {name: position_statistics_note(len(tr), detector_config.feature_norm)
+                                for name, (tr, _) in zip(names, splits)},
     }
     return detector, summary
+
+
+def position_statistics_note(images: int, feature_norm: str) -> dict:
+    """How many training images a class's per-position statistics come from, and a warning if too few
+    for feature_norm "position" (they then standardise what the denoiser sees)."""
+    warning = None
+    if feature_norm == "position" and images < MIN_POSITION_STATISTICS_IMAGES:
+        warning = (f"per-position statistics from only {images} training images are noisy (the fewest measured "
+                   f"to work: 59); add normal images (at least {MIN_POSITION_STATISTICS_IMAGES}) or train with "
+                   "--feature-norm channel")
+    return {"train_images": images, "warning": warning}
