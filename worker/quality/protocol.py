@@ -263,7 +263,7 @@ def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, 
     nll = latent_nll(path[-1])
     components = image_components(last, nll, latent_norm_map(path[-1]))
     rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
-            f"S={steps} nll": (nll, last), f"S={steps} map_max": (flat.max(1).values, last)}
+            f"S={steps} nll": (nll, last), f"S={steps} map_max": (components["map_max"], last)}
     for k in TOPK:
         rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last)
     rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble)
@@ -288,7 +288,7 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
     scored: dict[str, Scored] = {"calib": {}, "test": {}, "loc": {}}
     ms: dict[str, float] = {}
     thresholds: dict[str, torch.Tensor] = {}  # the bundle's threshold of each test image, shipped rows only
-    detector.gauss_mean, detector.gauss_std = class_standardisers(feats["train"], labels["train"], classes)
+    fit_feature_statistics(detector, feats["train"], labels["train"])  # as training fits them
     for steps in steps_list:
         detector.config = replace(base_config, steps=steps)
         # Per-position statistics of every step's latent norm on the training normals (the last step's
