@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from worker.cli import main
 
 
@@ -51,3 +53,12 @@ def test_bench_of_the_untrained_architecture_on_a_finer_grid(tmp_path, capsys):
     capsys.readouterr()
     meta = json.loads(out_file.read_text())["meta"]
     assert meta["model"] == "untrained default" and meta["grid"] == 8 and meta["backbone"] == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("flags, expected", [([], "position"), (["--feature-norm", "channel"], "channel")])
+def test_bench_of_the_untrained_architecture_with_either_denoiser_input(tmp_path, capsys, flags, expected):
+    out_file = tmp_path / "norm.json"
+    assert main(["bench", "--image-size", "64", "--batch-sizes", "2", "--steps", "1", "--repeats", "1",
+                 "--out", str(out_file), *flags]) == 0
+    capsys.readouterr()
+    assert json.loads(out_file.read_text())["meta"]["feature_norm"] == expected
