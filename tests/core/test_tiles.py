@@ -101,7 +101,9 @@ def test_an_image_scores_as_its_highest_tile_and_its_map_keeps_its_shape(tiled, 
     square = Detector(replace(tiled.config, tiles=(1, 1)), tiled.extractor, tiled.denoiser, tiled.alphas_cumprod)
     square.load_state_dict(tiled.state_dict())
     halves = square.predict([image.crop((0, 0, SIZE, SIZE)), image.crop((SIZE, 0, 2 * SIZE, SIZE))])
-    assert whole.pred_score[0] == pytest.approx(halves.pred_score.max(), abs=1e-5)
+    # the same numbers through other memory layouts (tiles cut from one tensor vs separate crops): float32
+    # kernels may sum in another order, 1.7e-5 apart on a score of 1.3 with two torch threads
+    assert whole.pred_score[0] == pytest.approx(halves.pred_score.max(), rel=1e-4)
 
     prepared = tiled.predict([model_input(image, tiled.config.input_shape)])  # as the worker's fetch pool does
     assert prepared.pred_score[0] == pytest.approx(whole.pred_score[0], abs=1e-5)
