@@ -82,10 +82,10 @@ def main() -> int:
         zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
         clock = time.perf_counter()
         torch.manual_seed(tc.seed)
-        denoiser, losses = train_denoiser(detector.denoiser, feats["train"], zeros(len(feats["train"])), tc,
+        denoiser, losses = train_denoiser(detector.denoisers[0], feats["train"], zeros(len(feats["train"])), tc,
                                           detector.alphas_cumprod, torch.device("cpu"))
         train_s = time.perf_counter() - clock
-        detector.denoiser = denoiser.eval()
+        detector.set_denoisers([denoiser])
         for steps in (1, 2, 3, 5):
             detector.config = replace(config, steps=steps, score_components=("nll", "map_max"))
             fit_statistics(detector, feats["train"], zeros(len(feats["train"])))

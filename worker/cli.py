@@ -48,10 +48,20 @@ def _tiles(text: str) -> str | tuple[int, int]:
     return rows, cols
 
 
-# worker.core.train.AUGMENTATIONS and worker.core.config.FEATURE_NORMS (those modules import torch; tests
-# keep the copies equal)
+# worker.core.train.AUGMENTATIONS, worker.core.config.FEATURE_NORMS, DetectorConfig.members and MAX_MEMBERS
+# (those modules import torch; tests keep the copies equal)
 AUGMENT_CHOICES = ("none", "flips", "dihedral")
 FEATURE_NORM_CHOICES = ("channel", "position")
+DEFAULT_MEMBERS = 1
+MAX_MEMBERS = 8
+
+
+def _members(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_MEMBERS} denoisers, got {value}: each costs a training "
+                                         "and S network evaluations per image")
+    return value
 
 
 def _add_train(sub) -> None:
@@ -74,6 +84,10 @@ def _add_train(sub) -> None:
                    help="what the denoiser models: each position's deviation from the class's normal there "
                         "(position, default: aligned parts) or the features standardised per channel only "
                         "(channel: the paper's; parts that sit anywhere in the frame)")
+    p.add_argument("--members", type=_members, default=DEFAULT_MEMBERS,
+                   help=f"denoisers in the ensemble, each trained with its own seed; their latents' maps and NLLs "
+                        f"are averaged (1..{MAX_MEMBERS}, default {DEFAULT_MEMBERS}; each costs a training and S "
+                        "network evaluations per image)")
     p.add_argument("--steps", type=positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
     p.add_argument("--score", default="nll,map_top",
                    help="score components: nll, range, map_max, map_mean, map_top (default nll,map_top)")
@@ -111,7 +125,8 @@ def _run_train(args) -> int:
                                      backbone=args.backbone, strides=tuple(args.strides),
                                      grid_stride=args.grid_stride or 0, steps=args.steps,
                                      score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),
-                                     target_fpr=args.target_fpr, feature_norm=args.feature_norm)
+                                     target_fpr=args.target_fpr, feature_norm=args.feature_norm,
+                                     members=args.members)
     overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "width": args.width,
                  "num_blocks": args.blocks, "kernel_size": args.kernel_size, "learning_rate": args.lr,
                  "calib_fraction": args.calib_fraction, "checkpoint_every": args.checkpoint_every,
@@ -234,6 +249,8 @@ def _add_bench(sub) -> None:
                    help="backbone of the untrained default detector (default efficientnet-lite0; packaged weights)")
     p.add_argument("--feature-norm", choices=FEATURE_NORM_CHOICES, default=None,
                    help="the untrained default detector's denoiser input (default position)")
+    p.add_argument("--members", type=_members, default=None,
+                   help=f"denoisers in the untrained default detector's ensemble (default {DEFAULT_MEMBERS})")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
     p.add_argument("--device", default=None)
     p.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",

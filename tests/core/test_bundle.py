@@ -118,9 +118,9 @@ def test_an_uncalibrated_detector_is_not_saved(tiny_bundle, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_bundle_holds_every_tensor_of_the_detector_but_the_denoiser(tiny_bundle):
+def test_the_bundle_holds_every_tensor_of_the_detector_but_the_denoisers(tiny_bundle):
     contents = bundle.load_bundle(tiny_bundle)
     detector = Detector.from_pretrained(tiny_bundle, "cpu")
     state = detector.state_dict()
-    assert set(contents.tensors) == {k for k in state if not k.startswith("denoiser.")}
+    assert set(contents.tensors) == {k for k in state if not k.startswith("denoisers.")}
     assert all(torch.equal(contents.tensors[k], state[k]) for k in contents.tensors)

@@ -91,13 +91,13 @@ def test_prepared_arrays_score_exactly_like_images(detector, test_images):
 def test_steps_change_the_evaluation_count(detector, test_images):
     good, _, _ = test_images
     calls = []
-    handle = detector.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    handle = detector.denoisers[0].register_forward_hook(lambda *_: calls.append(1))
     try:
         x0 = detector.features(detector.to_pixels(good[:2]))
         labels = torch.zeros(2, dtype=torch.long)
         for steps in (1, 2, 5):
             calls.clear()
-            detector.invert(x0, labels, steps)
+            detector.invert(x0, labels, 0, steps)
             assert len(calls) == steps
     finally:
         handle.remove()
@@ -128,7 +128,7 @@ def test_class_conditional_bundle(tmp_path):
                               TrainConfig(iterations=20, batch_size=8, width=16, num_blocks=1, warmup=5),
                               validation=validation, progress=False)
     assert detector.classes == ("alpha", "beta")
-    assert detector.denoiser.config.num_classes == 2
+    assert detector.denoisers[0].config.num_classes == 2
     assert set(summary["calibration"]) == {"alpha", "beta"}
     assert all("validation_f1" in summary["calibration"][name] for name in ("alpha", "beta"))
     loaded = Detector.from_pretrained(tmp_path / "unified", "cpu")
@@ -165,7 +165,8 @@ def test_class_conditional_bundle(tmp_path):
 
 
 def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
-    """Same seed, same data: the same bundle, also when training is killed and resumed."""
+    """Same seed, same data: the same bundle, also when training is killed and resumed. An ensemble of two:
+    the kill comes while the second member trains, so resuming keeps the first and continues the second."""
     import os
     import signal
     import subprocess
@@ -174,23 +175,25 @@ def test_training_is_reproducible_and_resumable(tmp_path, texture_category):
 
     from worker.cli import main
 
-    # 100 steps, a checkpoint every 20: the victim is killed at its first checkpoint, long before its end
+    # 100 steps, a checkpoint every 20: the victim is killed at its second member's first checkpoint
     args = ["train", str(texture_category), "--image-size", "64", "--iterations", "100", "--batch-size", "8",
-            "--width", "16", "--blocks", "1", "--checkpoint-every", "20"]
+            "--width", "16", "--blocks", "1", "--checkpoint-every", "20", "--members", "2"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0  # in this process: one interpreter start less
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     victim = subprocess.Popen([sys.executable, "-m", "worker.cli", *args, "--out", str(tmp_path / "b")], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "b.checkpoint" / "state.json"
+    state = tmp_path / "b.checkpoint" / "member-1" / "state.json"
     deadline = time.monotonic() + 300
     while not state.is_file() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert state.is_file() and not (tmp_path / "b").exists(), "killed mid-training: a checkpoint, no bundle"
+    assert (tmp_path / "b.checkpoint" / "member-0-final").is_dir(), "the first member was kept whole"
     assert main(args + ["--out", str(tmp_path / "b"), "--resume"]) == 0
-    assert Detector.from_pretrained(tmp_path / "b").version == Detector.from_pretrained(tmp_path / "a").version
-    assert not state.exists(), "a finished training removes its checkpoint"
+    resumed, whole = Detector.from_pretrained(tmp_path / "b"), Detector.from_pretrained(tmp_path / "a")
+    assert resumed.config.members == whole.config.members == 2 and resumed.version == whole.version
+    assert not (tmp_path / "b.checkpoint").exists(), "a finished training removes its checkpoint"
 
 
 def test_a_finer_latent_grid_round_trips_through_the_bundle(tmp_path):

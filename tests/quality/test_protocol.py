@@ -1,9 +1,12 @@
 """Pieces of the multi-seed protocol that need no training: aggregation, the seed summary, the table."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from worker.core.scoring import latent_nll
 from worker.quality.protocol import METRICS, aggregate, markdown, summarise
 
 
@@ -93,14 +96,16 @@ def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_st
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
     config = DetectorConfig(image_size=64)
     data = _synthetic_cells(tmp_path, config, 20)
+    from worker.core import train as core_train
+
     learned = {}
-    real_train_denoiser = protocol.train_denoiser
+    real_train_denoiser = core_train.train_denoiser
 
     def spy(model, features, labels, *args, **kwargs):
         learned.update(features=features, labels=labels)
         return real_train_denoiser(model, features, labels, *args, **kwargs)
 
-    monkeypatch.setattr(protocol, "train_denoiser", spy)
+    monkeypatch.setattr(core_train, "train_denoiser", spy)
     hypothesis = protocol.HYPOTHESES["type-flips"]
     base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.2)
     detector, feats, labels, _ = protocol.train_seed(data, config, hypothesis, 0, base)
@@ -167,34 +172,32 @@ def test_cluster_classes_are_found_on_training_normals_and_nest_inside_cell_type
     assert {int(labels["test"][0])} == found[1] and {int(labels["test"][1])} == found[3]
 
 
-def test_ensemble_members_share_one_split_and_their_scores_and_thresholds_are_averaged(tmp_path, monkeypatch):
-    """type-ens3: every member trains on the same split with its own seed; the ensemble's rows average
-    the members' scores and maps, and its shipped threshold is set on the averaged calibration scores."""
+def test_an_ensemble_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
+    """An ensemble hypothesis trains its members on one split as invad train does (member 0 is the single
+    denoiser of that seed), and the protocol's shipped row is the bundle's own calibrated score, with NLL and
+    maps averaged over the members."""
     from worker.core.config import DetectorConfig
-    from worker.core.scoring import threshold_at_fpr
     from worker.core.train import TrainConfig
     from worker.quality import protocol
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
     config = DetectorConfig(image_size=64)
     data = _synthetic_cells(tmp_path, config, 24)
-    hypothesis = protocol.HYPOTHESES["type-ens3"]
     base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
-    trained = [protocol.train_seed(data, config, hypothesis, 7, base, member=j) for j in range(2)]
-    (first, feats, labels, _), (second, feats2, labels2, _) = trained
-    assert all(torch.equal(feats[k], feats2[k]) and torch.equal(labels[k], labels2[k]) for k in feats)  # one split
-    assert not torch.equal(first.denoiser.proj_in.weight, second.denoiser.proj_in.weight)  # own seeds
+    pair = protocol.Hypothesis("pair", detector={"members": 2}, by_type=True)
+    single, feats1, _, _ = protocol.train_seed(data, config, protocol.HYPOTHESES["type"], 7, base)
+    ensemble, feats, labels, _ = protocol.train_seed(data, replace(config, **pair.detector), pair, 7, base)
+    assert ensemble.config.members == 2 and all(torch.equal(feats[k], feats1[k]) for k in feats)  # one split
+    first, second = (d.proj_in.weight for d in ensemble.denoisers)
+    assert torch.equal(first, single.denoisers[0].proj_in.weight) and not torch.equal(first, second)
 
-    members = [protocol.scoring_variants(d, feats, labels, steps_list=(1,), reconstruction=False)
-               for d, *_ in trained]
-    out = protocol.ensemble(members, labels, target_fpr=0.1)
+    out = protocol.scoring_variants(ensemble, feats, labels, steps_list=(1,), reconstruction=False)
     shipped = "S=1 shipped (nll+map_top)"
     for part in ("test", "loc"):
-        score, grid, ms = out[part][shipped]
-        torch.testing.assert_close(score, (members[0][part][shipped][0] + members[1][part][shipped][0]) / 2)
-        torch.testing.assert_close(grid, (members[0][part][shipped][1] + members[1][part][shipped][1]) / 2)
-        assert ms == members[0][part][shipped][2] + members[1][part][shipped][2]
-    calib = out["calib"][shipped]
-    for k in (0, 1):
-        expected = threshold_at_fpr(calib[labels["calib"] == k].numpy(), 0.1)
-        assert out["thresholds"][shipped][labels["test"] == k].eq(expected).all()
+        comps, grid = ensemble.score_features(feats[part], labels[part], "inversion", 1)  # the bundle's code
+        torch.testing.assert_close(out[part][shipped][0], ensemble.combine(comps, labels[part]))
+        torch.testing.assert_close(out[part][shipped][1], grid)
+        members = [ensemble.invert(ensemble.denoiser_input(feats[part], labels[part]), labels[part], m, 1)
+                   for m in range(2)]
+        nll = (latent_nll(members[0]) + latent_nll(members[1])) / 2
+        torch.testing.assert_close(comps["nll"], nll)

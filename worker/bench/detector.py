@@ -33,11 +33,12 @@ def _sync(device: torch.device) -> None:
 
 
 class _EvalTimer:
-    """Forward hooks on the denoiser that time each network evaluation (synchronising on CUDA)."""
+    """Forward hooks on the denoisers that time each network evaluation (synchronising on CUDA)."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    def __init__(self, modules: Sequence[torch.nn.Module], device: torch.device):
         self.device, self.log, self._start = device, [], 0.0
-        self._handles = [module.register_forward_pre_hook(self._before), module.register_forward_hook(self._after)]
+        self._handles = [handle for module in modules for handle in
+                         (module.register_forward_pre_hook(self._before), module.register_forward_hook(self._after))]
 
     def _before(self, *_):
         _sync(self.device)
@@ -68,7 +69,7 @@ def run_once(detector: Detector, encoded: Sequence[bytes], kind: str, steps: int
     _sync(device)
     times["backbone"] = time.perf_counter() - clock
     labels = torch.zeros(len(x0), dtype=torch.long, device=device)  # a row per tile
-    timer = _EvalTimer(detector.denoiser, device)
+    timer = _EvalTimer(detector.denoisers, device)
     try:
         clock = time.perf_counter()
         comps, grid_map = detector.score_features(x0, labels, kind, steps if kind == "inversion" else None)
@@ -158,23 +159,25 @@ def bench_images(n: int, size: int, seed: int = 0):
 
 
 def build(model: str | None, image_size: int, device: str | None, grid_stride: int | None = None,
-          backbone: str | None = None, feature_norm: str | None = None) -> Detector:
+          backbone: str | None = None, feature_norm: str | None = None, members: int | None = None) -> Detector:
     """The bundle at ``model``, else the untrained default architecture at ``image_size`` px, with
-    ``grid_stride``, ``backbone`` and ``feature_norm`` if given (what they cost does not depend on trained
-    weights)."""
+    ``grid_stride``, ``backbone``, ``feature_norm`` and ``members`` if given (what they cost does not depend
+    on trained weights)."""
     selected = select_device(device)
     if model:
         return Detector.from_pretrained(model, selected)
     config = DetectorConfig(image_size=image_size, grid_stride=grid_stride or 0,
                             backbone=backbone or DetectorConfig.backbone,
-                            feature_norm=feature_norm or DetectorConfig.feature_norm)
+                            feature_norm=feature_norm or DetectorConfig.feature_norm,
+                            members=members or DetectorConfig.members)
     return build_detector(config, TrainConfig()).to(selected)
 
 
 def run(args: Any) -> int:
     """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
     detector = build(args.model, args.image_size, args.device, getattr(args, "grid_stride", None),
-                     getattr(args, "backbone", None), getattr(args, "feature_norm", None))
+                     getattr(args, "backbone", None), getattr(args, "feature_norm", None),
+                     getattr(args, "members", None))
     compile_mode = getattr(args, "compile", "off")
     if compile_mode != "off":
         detector.compile_networks(compile_mode)
@@ -184,7 +187,7 @@ def run(args: Any) -> int:
     write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
                            "compile": compile_mode, "image_size": detector.config.image_size,
                            "grid": detector.extractor.grid, "backbone": detector.config.backbone,
-                           "feature_norm": detector.config.feature_norm,
+                           "feature_norm": detector.config.feature_norm, "members": detector.config.members,
                            "autocast": "bf16" if detector.device.type == "cuda" else "off",
                            "channels_last": detector.device.type == "cuda",
                            "ratios_vs_reconstruction": ratios, "torch_threads": torch.get_num_threads()})

@@ -5,6 +5,7 @@
       detector.safetensors              backbone weights + fitted statistics, calibration, thresholds
       denoiser/config.json              FeatureDenoiser (diffusers ModelMixin/ConfigMixin)
       denoiser/diffusion_pytorch_model.safetensors
+      denoiser_1/, denoiser_2/, ...     the other members of an ensemble (``members`` > 1), same layout
       scheduler/scheduler_config.json   the training noise schedule (diffusers DDIMScheduler)
       calibration_scores.json           optional: each class's calibration normals' image scores (drift watch)
 
@@ -50,6 +51,17 @@ CALIBRATION_FILE = "calibration_scores.json"
 REQUIRED = (CONFIG_FILE, TENSORS_FILE, f"{DENOISER_DIR}/config.json", f"{DENOISER_DIR}/{DENOISER_WEIGHTS}",
             f"{SCHEDULER_DIR}/scheduler_config.json")
 
+
+def denoiser_dir(member: int) -> str:
+    """The folder of the ensemble's ``member``: ``denoiser`` for the first (every bundle has it), then
+    ``denoiser_1``, ``denoiser_2``, ..."""
+    return DENOISER_DIR if member == 0 else f"{DENOISER_DIR}_{member}"
+
+
+def member_files(members: int) -> list[str]:
+    """The files of the denoisers of an ensemble of ``members``, in member order."""
+    return [f"{denoiser_dir(m)}/{name}" for m in range(members) for name in ("config.json", DENOISER_WEIGHTS)]
+
 log = logging.getLogger("invad.core.bundle")
 
 
@@ -63,8 +75,8 @@ class BundleContents:
 
     folder: Path
     config: DetectorConfig
-    tensors: dict[str, torch.Tensor]  # state-dict keys of the detector, less its denoiser
-    denoiser: FeatureDenoiser
+    tensors: dict[str, torch.Tensor]  # state-dict keys of the detector, less its denoisers
+    denoisers: tuple[FeatureDenoiser, ...]  # config.members of them
     scheduler_config: dict
     alphas_cumprod: torch.Tensor  # (T,)
     version: str
@@ -81,10 +93,11 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def bundle_version(path: Path) -> str:
-    """A content hash of the weight files: equal bundles have equal versions on every worker."""
+def bundle_version(path: Path, members: int = 1) -> str:
+    """A content hash of the weight files (the ensemble's in member order): equal bundles have equal
+    versions on every worker; a one-denoiser bundle's is what it was before ensembles."""
     digest = hashlib.sha256()
-    for name in (TENSORS_FILE, f"{DENOISER_DIR}/{DENOISER_WEIGHTS}"):
+    for name in [TENSORS_FILE, *(f"{denoiser_dir(m)}/{DENOISER_WEIGHTS}" for m in range(members))]:
         with open(path / name, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -118,15 +131,18 @@ def _schedule_args(scheduler_config: dict) -> dict:
 
 
 def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[str, torch.Tensor],
-                denoiser: FeatureDenoiser, scheduler_config: dict,
+                denoisers: list[FeatureDenoiser], scheduler_config: dict,
                 calibration_scores: dict[str, tuple[float, ...]] | None = None) -> str:
     """Write a bundle folder at ``path``, replacing any bundle there (see the module docstring).
 
-    ``tensors``: the detector's state dict less the denoiser (fitted statistics, backbone weights).
+    ``tensors``: the detector's state dict less the denoisers (fitted statistics, backbone weights).
+    ``denoisers``: the ensemble, ``config.members`` of them.
     ``calibration_scores``: class -> image scores of its calibration normals (written when given).
     Returns the new bundle's version.
     """
     path = Path(path)
+    if len(denoisers) != config.members:
+        raise BundleError(f"the config says members={config.members} but {len(denoisers)} denoiser(s) were given")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     aside = aside_path(path)
@@ -134,7 +150,8 @@ def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[s
         (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
         save_file(cpu, str(staging / TENSORS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        denoiser.save_pretrained(staging / DENOISER_DIR, safe_serialization=True)
+        for member, denoiser in enumerate(denoisers):
+            denoiser.save_pretrained(staging / denoiser_dir(member), safe_serialization=True)
         make_scheduler(**_schedule_args(scheduler_config)).save_pretrained(staging / SCHEDULER_DIR)
         if calibration_scores is not None:
             scores = {name: [float(v) for v in values] for name, values in calibration_scores.items()}
@@ -145,7 +162,7 @@ def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[s
             os.rename(aside, path)
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return bundle_version(path)
+    return bundle_version(path, config.members)
 
 
 def _bundle_folder(path: Path) -> Path:
@@ -187,14 +204,23 @@ def load_bundle(path: str | os.PathLike) -> BundleContents:
         tensors = load_file(str(folder / TENSORS_FILE))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{folder / TENSORS_FILE} is corrupt: {error}") from error
-    try:
-        denoiser = FeatureDenoiser.from_pretrained(str(folder / DENOISER_DIR), local_files_only=True,
-                                                   low_cpu_mem_usage=False)
-    except Exception as error:  # diffusers raises OSError, ValueError, SafetensorError, ...
-        raise BundleError(f"{folder / DENOISER_DIR} cannot be loaded: {error}") from error
+    missing = [name for name in member_files(config.members) if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {folder} is incomplete: its config says members={config.members} but "
+                          f"{', '.join(missing)} is missing; re-export the bundle with `invad train`")
+    denoisers = tuple(_load_denoiser(folder / denoiser_dir(m)) for m in range(config.members))
+    if any(d.architecture != denoisers[0].architecture for d in denoisers[1:]):
+        raise BundleError(f"the denoisers of bundle {folder} differ in configuration; re-export it with `invad train`")
     alphas_cumprod = make_scheduler(**_schedule_args(scheduler_config)).alphas_cumprod
-    return BundleContents(folder, config, tensors, denoiser, scheduler_config, alphas_cumprod,
-                          bundle_version(folder), _calibration_scores(folder, config))
+    return BundleContents(folder, config, tensors, denoisers, scheduler_config, alphas_cumprod,
+                          bundle_version(folder, config.members), _calibration_scores(folder, config))
+
+
+def _load_denoiser(folder: Path) -> FeatureDenoiser:
+    try:
+        return FeatureDenoiser.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
+    except Exception as error:  # diffusers raises OSError, ValueError, SafetensorError, ...
+        raise BundleError(f"{folder} cannot be loaded: {error}") from error
 
 
 def _calibration_scores(folder: Path, config: DetectorConfig) -> dict[str, tuple[float, ...]] | None:

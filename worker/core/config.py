@@ -15,6 +15,9 @@ FORMAT_VERSION = 1
 # class's features also standardised per grid position, so the denoiser models each position's deviation
 # from that class's normal there (ELPV over 3 seeds: docs/BENCHMARKS.md, sixth round).
 FEATURE_NORMS = ("channel", "position")
+# Denoisers of an ensemble: each trained on the same split with its own seed; their latents' norm maps and
+# NLLs are averaged before scoring. More cost S network evaluations each at inference.
+MAX_MEMBERS = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCORE_KINDS = ("inversion", "reconstruction", "gaussian")
@@ -41,6 +44,7 @@ class DetectorConfig:
     ``score_components`` are standardised on held-out normals and averaged into the image score.
     ``tiles`` (rows, cols) of ``image_size`` squares cover each image (:mod:`worker.core.tiles`).
     ``feature_norm`` is one of :data:`FEATURE_NORMS`; bundles saved before it existed are "channel".
+    ``members`` denoisers form an ensemble (1 to :data:`MAX_MEMBERS`); bundles saved before it have one.
     """
 
     name: str = "invad"
@@ -52,6 +56,7 @@ class DetectorConfig:
     strides: tuple[int, ...] = (4, 8, 16)
     grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
     feature_norm: str = "position"
+    members: int = 1
     classes: tuple[str, ...] = ("default",)
     steps: int = 3
     score_components: tuple[str, ...] = ("nll", "map_top")
@@ -77,6 +82,8 @@ class DetectorConfig:
             raise ValueError(f"threshold_method must be 'fpr' or 'f1max', got {self.threshold_method!r}")
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {self.feature_norm!r}")
+        if isinstance(self.members, bool) or not isinstance(self.members, int) or not 1 <= self.members <= MAX_MEMBERS:
+            raise ValueError(f"members must be a whole number of denoisers in 1..{MAX_MEMBERS}, got {self.members!r}")
         if self.map_sigma < 0:
             raise ValueError(f"map_sigma must be >= 0, got {self.map_sigma}")
 
@@ -104,6 +111,7 @@ class DetectorConfig:
             raise ValueError(f"unknown detector config keys {unknown}; known: {sorted(known)}")
         data = dict(data)
         data.setdefault("feature_norm", "channel")  # written before the option existed: what it was then
+        data.setdefault("members", 1)  # written before ensembles: one denoiser
         for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components", "tiles"):
             if key in data:
                 data[key] = tuple(data[key])

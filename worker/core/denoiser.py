@@ -94,6 +94,11 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         self.norm_out = nn.GroupNorm(groups, width)
         self.proj_out = nn.Conv2d(width, in_channels, 1)
 
+    @property
+    def architecture(self) -> dict:
+        """The constructor's arguments (diffusers' config less the keys it adds, such as where it was loaded)."""
+        return {key: value for key, value in self.config.items() if not key.startswith("_")}
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         if timestep.ndim == 0:

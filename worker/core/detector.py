@@ -2,7 +2,8 @@
 
     images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g) per tile,
            standardised per channel (and, with feature_norm "position", per class and grid position)
-           -> S-step DDIM inversion z = x_S -> NLL, latent-norm map, range -> calibrated image score
+           -> S-step DDIM inversion z = x_S by each denoiser of the ensemble (``members``, usually one)
+           -> NLL and latent-norm map, averaged over the members -> calibrated image score and map
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
 the Gaussian baseline) are buffers, so they travel with the weights in one bundle
@@ -38,6 +39,13 @@ POSITION_STD_FLOOR = 0.1
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+DENOISERS_PREFIX = "denoisers."  # state-dict keys of the denoisers, which the bundle stores on their own
+
+
+def member_mean(values) -> torch.Tensor:
+    """The mean of the ensemble members' tensors (an iterable of equal shapes)."""
+    values = list(values)
+    return values[0] if len(values) == 1 else torch.stack(values).mean(dim=0)
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,12 @@ def select_device(requested: str | torch.device | None = None) -> torch.device:
 class Detector(nn.Module):
     """InvAD detector. Build with :meth:`from_pretrained`, or :func:`worker.core.train.train` for a new one."""
 
-    def __init__(self, config: DetectorConfig, extractor: FeatureExtractor, denoiser: FeatureDenoiser,
+    def __init__(self, config: DetectorConfig, extractor: FeatureExtractor, denoisers: Sequence[FeatureDenoiser],
                  alphas_cumprod: torch.Tensor, scheduler_config: dict | None = None):
         super().__init__()
         self.config = config
         self.extractor = extractor
-        self.denoiser = denoiser
+        self.denoisers = nn.ModuleList()
         self.scheduler_config = scheduler_config or {}
         k, c, g = len(config.classes), extractor.channels, extractor.grid
         n = len(config.score_components)
@@ -89,6 +97,7 @@ class Detector(nn.Module):
         # saved before they were stored): the drift watch compares live scores with them.
         self.calibration_scores: dict[str, tuple[float, ...]] | None = None
         self.version = "unsaved"
+        self.set_denoisers(denoisers)
         self.eval()
 
     # -- identity -------------------------------------------------------------------------------
@@ -107,6 +116,16 @@ class Detector(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
+
+    def set_denoisers(self, denoisers: Sequence[FeatureDenoiser]) -> None:
+        """Install the ensemble's denoisers (``config.members`` of them, one architecture), on this device."""
+        denoisers = list(denoisers)
+        if len(denoisers) != self.config.members:
+            raise ValueError(f"this detector's config has members={self.config.members}, got {len(denoisers)} "
+                             "denoiser(s)")
+        if any(d.architecture != denoisers[0].architecture for d in denoisers[1:]):
+            raise ValueError("the denoisers of an ensemble must share one configuration")
+        self.denoisers = nn.ModuleList(d.to(self.device).eval() for d in denoisers)
 
     def class_indices(self, classes: Sequence[str] | None, batch: int) -> torch.Tensor:
         """(B,) class indices; ``None`` is allowed only for a single-class bundle."""
@@ -173,13 +192,15 @@ class Detector(nn.Module):
             raw = self.extractor(x)
         return (raw.float() - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
 
-    def eps_fn(self, labels: torch.Tensor):
-        """eps_theta as a function of (x_t, t) for fixed class labels; float32 in and out."""
-        class_labels = labels if self.denoiser.config.num_classes > 0 else None
+    def eps_fn(self, labels: torch.Tensor, member: int):
+        """eps_theta of the ensemble's ``member`` as a function of (x_t, t) for fixed class labels; float32
+        in and out."""
+        denoiser = self.denoisers[member]
+        class_labels = labels if denoiser.config.num_classes > 0 else None
 
         def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.denoiser(x_t, t, class_labels).float()
+                return denoiser(x_t, t, class_labels).float()
 
         return eps
 
@@ -191,35 +212,39 @@ class Detector(nn.Module):
             return x0
         return (x0 - self.gauss_mean[labels]) / self.gauss_std[labels].clamp_min(POSITION_STD_FLOOR)
 
-    def invert(self, x0: torch.Tensor, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """z = DDIM inversion of the denoiser's input x0 (B, C, g, g) (:meth:`denoiser_input`) in ``steps``
-        (default: the bundle's) network evaluations."""
+    def invert(self, x0: torch.Tensor, labels: torch.Tensor, member: int, steps: int | None = None) -> torch.Tensor:
+        """z = DDIM inversion by the ensemble's ``member`` of the denoiser's input x0 (B, C, g, g)
+        (:meth:`denoiser_input`) in ``steps`` (default: the bundle's) network evaluations."""
         timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
-        return ddim_invert(self.eps_fn(labels), x0, self.alphas_cumprod, timesteps)
+        return ddim_invert(self.eps_fn(labels, member), x0, self.alphas_cumprod, timesteps)
 
-    def reconstruct(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The reconstruction baseline on the denoiser's input x0: noised to t_start with fixed noise, then
-        DDIM-denoised to 0."""
+    def reconstruct(self, x0: torch.Tensor, labels: torch.Tensor, member: int) -> torch.Tensor:
+        """The reconstruction baseline on the denoiser's input x0 by the ensemble's ``member``: noised to
+        t_start with fixed noise, then DDIM-denoised to 0."""
         rc = self.config.reconstruction
         generator = torch.Generator().manual_seed(rc.seed)
         noise = torch.randn(x0.shape[1:], generator=generator).to(x0.device)  # same for every image
         x_t = q_sample(x0, noise.expand_as(x0), self.alphas_cumprod[rc.t_start])
         timesteps = [round(rc.t_start * (1 - k / rc.steps)) for k in range(rc.steps + 1)]
-        return ddim_sample(self.eps_fn(labels), x_t, self.alphas_cumprod, timesteps)
+        return ddim_sample(self.eps_fn(labels, member), x_t, self.alphas_cumprod, timesteps)
 
     def raw_maps(self, x0: torch.Tensor, labels: torch.Tensor, kind: str = "inversion",
                  steps: int | None = None) -> dict[str, torch.Tensor]:
         """Unstandardised outputs of one scoring method on features x0 (B, C, g, g).
 
         inversion: ``norm`` (B, g, g) latent-norm map and ``nll`` (B,); reconstruction: ``norm``, the
-        per-position feature error; gaussian: ``norm``, the diagonal Mahalanobis distance per position.
+        per-position feature error; both averaged over the ensemble's members. gaussian: ``norm``, the
+        diagonal Mahalanobis distance per position.
         """
         if kind == "inversion":
-            z = self.invert(self.denoiser_input(x0, labels), labels, steps)
-            return {"norm": latent_norm_map(z), "nll": latent_nll(z)}
+            x = self.denoiser_input(x0, labels)
+            latents = [self.invert(x, labels, member, steps) for member in range(self.config.members)]
+            return {"norm": member_mean(latent_norm_map(z) for z in latents),
+                    "nll": member_mean(latent_nll(z) for z in latents)}
         if kind == "reconstruction":
             x = self.denoiser_input(x0, labels)
-            return {"norm": latent_norm_map(x - self.reconstruct(x, labels))}
+            return {"norm": member_mean(latent_norm_map(x - self.reconstruct(x, labels, member))
+                                        for member in range(self.config.members))}
         if kind == "gaussian":
             return {"norm": latent_norm_map((x0 - self.gauss_mean[labels]) / self.gauss_std[labels])}
         raise ValueError(f"unknown scoring method {kind!r}; choose inversion, reconstruction or gaussian")
@@ -248,7 +273,8 @@ class Detector(nn.Module):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         self.extractor.compile(mode=mode, dynamic=False)
-        self.denoiser.compile(mode=mode, dynamic=False)
+        for denoiser in self.denoisers:
+            denoiser.compile(mode=mode, dynamic=False)
         return self
 
     # -- the one call the worker makes ----------------------------------------------------------
@@ -300,9 +326,9 @@ class Detector(nn.Module):
         torch_device = select_device(device)
         contents = load_bundle(path)
         extractor = FeatureExtractor(contents.config.backbone_spec)
-        detector = cls(contents.config, extractor, contents.denoiser, contents.alphas_cumprod,
+        detector = cls(contents.config, extractor, contents.denoisers, contents.alphas_cumprod,
                        contents.scheduler_config)
-        restore_tensors(detector, contents, skip_prefix="denoiser.")
+        restore_tensors(detector, contents, skip_prefix=DENOISERS_PREFIX)
         detector.version = contents.version
         detector.calibration_scores = contents.calibration_scores
         detector.to(torch_device)
@@ -319,6 +345,6 @@ class Detector(nn.Module):
         if not torch.isfinite(self.thresholds).all() or not torch.isfinite(self.calib_std).all():
             raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal "
                               "images before saving, e.g. with worker.core.train.calibrate")
-        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("denoiser.")}
-        self.version = save_bundle(path, self.config, tensors, self.denoiser, self.scheduler_config,
+        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith(DENOISERS_PREFIX)}
+        self.version = save_bundle(path, self.config, tensors, list(self.denoisers), self.scheduler_config,
                                    self.calibration_scores)

@@ -4,7 +4,8 @@
 2. extract frozen backbone features once (with ``augment``, also of mirrored or turned views, which the
    denoiser learns too), fit per-channel standardisation on the training part;
 3. train the denoiser with the DDPM noise-prediction loss (AdamW, diffusers' warmup + cosine schedule
-   and EMA of the weights, checkpoints that ``resume`` continues from bit for bit);
+   and EMA of the weights, checkpoints that ``resume`` continues from bit for bit); an ensemble
+   (``members`` > 1) trains each member the same way with its own seed, one after the other;
 4. fit per-position latent statistics and the Gaussian baseline on the training part;
 5. calibrate the score on the held-out normals (threshold at a target false-positive rate), or on a
    labelled validation set (F1-max, each image scored as its own class), and save the bundle.
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .backbone import pretrained_extractor
+from .bundle import DENOISER_WEIGHTS
 from .config import DetectorConfig
 from .data import normal_training_images, test_samples
 from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, FeatureDenoiser
@@ -321,15 +323,52 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
 
 def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
                    backbone_weights: str | None = None) -> Detector:
-    """A detector with ImageNet backbone weights and an untrained denoiser of the configured shape."""
+    """A detector with ImageNet backbone weights and ``members`` untrained denoisers of the configured shape."""
     extractor = pretrained_extractor(detector_config.backbone_spec, backbone_weights)
     scheduler = make_scheduler()
     k = len(detector_config.classes)
-    denoiser = FeatureDenoiser(in_channels=extractor.channels, width=train_config.width,
-                               num_blocks=train_config.num_blocks, kernel_size=train_config.kernel_size,
-                               num_classes=k if k > 1 else 0,
-                               position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0)
-    return Detector(detector_config, extractor, denoiser, scheduler.alphas_cumprod, dict(scheduler.config))
+    shape = dict(in_channels=extractor.channels, width=train_config.width, num_blocks=train_config.num_blocks,
+                 kernel_size=train_config.kernel_size, num_classes=k if k > 1 else 0,
+                 position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0)
+    denoisers = [FeatureDenoiser(**shape) for _ in range(detector_config.members)]
+    return Detector(detector_config, extractor, denoisers, scheduler.alphas_cumprod, dict(scheduler.config))
+
+
+MEMBER_SEED_STEP = 1000  # member j of an ensemble trains with seed + 1000 j (member 0 with the seed itself)
+
+
+def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                  device: torch.device, checkpoint: Path | None = None, resume: bool = False,
+                  progress: bool = True) -> list[list[float]]:
+    """Train the detector's ``members`` denoisers on ``learn`` (what the denoiser models, (N, C, g, g), on
+    the CPU) with class ``labels`` (N,) and install them; returns each member's losses.
+
+    Member j starts from initial weights drawn with seed ``config.seed + MEMBER_SEED_STEP * j`` and trains
+    with that seed. With a ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a
+    finished member is kept in ``member-j-final``, so ``resume`` continues the member that was interrupted
+    and skips those already done.
+    """
+    template = detector.denoisers[0].config
+    trained, losses = [], []
+    for member in range(detector.config.members):
+        seed = config.seed + MEMBER_SEED_STEP * member
+        folder = checkpoint / f"member-{member}" if checkpoint is not None else None
+        final = checkpoint / f"member-{member}-final" if checkpoint is not None else None
+        if resume and final is not None and (final / DENOISER_WEIGHTS).is_file():
+            trained.append(FeatureDenoiser.from_pretrained(str(final), local_files_only=True, low_cpu_mem_usage=False))
+            losses.append([])
+            continue
+        torch.manual_seed(seed)
+        initial = FeatureDenoiser.from_config(template)  # seeded initial weights
+        denoiser, member_losses = train_denoiser(initial, learn, labels, replace(config, seed=seed),
+                                                 detector.alphas_cumprod.cpu(), device, folder, resume, progress)
+        if final is not None:
+            denoiser.save_pretrained(final, safe_serialization=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        trained.append(denoiser)
+        losses.append(member_losses)
+    detector.set_denoisers(trained)
+    return losses
 
 
 def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_config: DetectorConfig | None = None,
@@ -382,11 +421,7 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
     t_features = time.perf_counter()
 
     checkpoint = Path(str(out).rstrip("/") + ".checkpoint")
-    torch.manual_seed(train_config.seed)
-    initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights
-    denoiser, losses = train_denoiser(initial, learn, train_labels, train_config, detector.alphas_cumprod.cpu(),
-                                      torch_device, checkpoint, resume, progress)
-    detector.denoiser = denoiser.to(torch_device).eval()
+    losses = train_members(detector, learn, train_labels, train_config, torch_device, checkpoint, resume, progress)
     t_train = time.perf_counter()
 
     fit_statistics(detector, train_feats[as_is], train_labels[as_is])
@@ -404,7 +439,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
         "bundle": str(out), "version": detector.version, "classes": list(names),
         "train_images": int(as_is.sum()) // tiles, "train_views": AUGMENTATIONS[augment],
         "tiles": list(detector_config.tiles), "calibration": calibration,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "members": detector_config.members,  # final_loss: the mean of the members trained in this run
+        "final_loss": float(np.mean([np.mean(m[-50:]) for m in losses if m])) if any(losses) else None,
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},
         "train_config": asdict(train_config), "device": str(torch_device),

@@ -29,15 +29,14 @@ import torch.nn.functional as F
 
 from ..core.config import DetectorConfig
 from ..core.data import ELPV_TYPES, elpv_split, mvtec_test_set
-from ..core.denoiser import FeatureDenoiser
-from ..core.detector import Detector
+from ..core.detector import Detector, member_mean
 from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, image_components, latent_nll, latent_norm_map, threshold_at_fpr
+from ..core.scoring import class_standardisers, image_components, latent_nll, latent_norm_map
 from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics,
-                          fit_feature_statistics, split_normals, train_denoiser)
+                          fit_feature_statistics, split_normals, train_members)
 from .defects import localisation_sources, write_localisation_set
 from .features import cache_root, raw_features
 
@@ -55,10 +54,10 @@ class Hypothesis:
     neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
     by_type: bool = False  # one class per ELPV cell type (mono, poly): a class-conditional bundle
     clusters: int = 1  # split each class into this many by k-means on the cells' mean features
-    members: int = 1  # an ensemble: this many denoisers (one split, own seeds), their scores and maps averaged
     what: str = ""
 
 
+SHIPPED = {"feature_norm": "position", "score_components": ("nll", "map_top")}  # the sixth round's defaults
 HYPOTHESES = {
     "base": Hypothesis("base", what="the defaults before the sixth round (PROTOCOL_DETECTOR), one class"),
     "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
@@ -99,12 +98,15 @@ HYPOTHESES = {
                            what="class-conditional on the cell type, taps at strides 4 to 32 (context), 16 x 16 grid"),
     "type-posnorm": Hypothesis("type-posnorm", detector={"feature_norm": "position"}, by_type=True,
                                what="class-conditional on the cell type, features standardised per class and position"),
-    "type-ens3": Hypothesis("type-ens3", by_type=True, members=3,
-                            what="class-conditional on the cell type, three denoisers' scores and maps averaged"),
-    "shipped": Hypothesis("shipped", detector={"feature_norm": "position", "score_components": ("nll", "map_top")},
-                          by_type=True, what="the bundle defaults since the sixth round: type-posnorm scored by NLL + map_top"),
-    "type-posnorm-ens3": Hypothesis("type-posnorm-ens3", detector={"feature_norm": "position"}, by_type=True,
-                                    members=3, what="type-posnorm, three denoisers' scores and maps averaged"),
+    "type-ens3": Hypothesis("type-ens3", detector={"members": 3}, by_type=True,
+                            what="class-conditional on the cell type, an ensemble of three denoisers"),
+    "shipped": Hypothesis("shipped", detector=SHIPPED, by_type=True, what="the bundle defaults since the sixth round: type-posnorm scored by NLL + map_top"),
+    "type-posnorm-ens3": Hypothesis("type-posnorm-ens3", detector={"feature_norm": "position", "members": 3},
+                                    by_type=True, what="type-posnorm, an ensemble of three denoisers"),
+    "shipped-ens3": Hypothesis("shipped-ens3", detector={**SHIPPED, "members": 3}, by_type=True,
+                               what="the sixth round's bundle defaults with an ensemble of three denoisers"),
+    "shipped-ens5": Hypothesis("shipped-ens5", detector={**SHIPPED, "members": 5}, by_type=True,
+                               what="the sixth round's bundle defaults with an ensemble of five denoisers"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -181,17 +183,15 @@ def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[s
 # Every hypothesis is a change to this detector: the bundle defaults as every round before the sixth
 # measured them (the denoiser's input standardised per channel only, the score NLL + map_max).
 PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"))
-MEMBER_SEED_STEP = 1000  # ensemble member j of seed s trains its denoiser with seed s + 1000 j
 
 
 def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
-               progress: bool = False,
-               member: int = 0) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+               progress: bool = False) -> tuple[Detector, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """A trained detector for one seed, its standardised feature sets and their class labels.
 
     A hypothesis ``by_type`` splits each cell type's normals as ``invad train elpv/mono elpv/poly`` does
-    (a class-conditional bundle); otherwise all normals form one class. ``seed`` chooses the split;
-    ``member`` > 0 trains another denoiser on the same split (its own initial weights and batches).
+    (a class-conditional bundle); otherwise all normals form one class. ``seed`` chooses the split; an
+    ensemble's members are trained on it as ``invad train`` trains them (:func:`train_members`).
     """
     tc = replace(base_train, seed=seed, **hypothesis.train)
     index = {p: i for i, p in enumerate(data.train_paths)}
@@ -213,19 +213,15 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
     labels = {k: classes["train"][[i % len(data.train_paths) for i in v]] for k, v in rows.items()}
     labels |= {k: classes[k] for k in ("test", "loc")}
     detector = build_detector(config, tc)
-    tc = replace(tc, seed=seed + MEMBER_SEED_STEP * member)
     learn = "learn" if views > 1 else "train"  # what the denoiser learns; statistics use "train"
     mean, std = feature_statistics(raw[learn])
     detector.feature_mean.copy_(mean)
     detector.feature_std.copy_(std)
     feats = {k: (v - mean[:, None, None]) / std[:, None, None] for k, v in raw.items()}
     fit_feature_statistics(detector, feats["train"], labels["train"])  # as train() does, before the denoiser
-    torch.manual_seed(tc.seed)
-    initial = FeatureDenoiser.from_config(detector.denoiser.config)  # seeded initial weights, as train() does
     clock = time.perf_counter()
-    denoiser, _ = train_denoiser(initial, detector.denoiser_input(feats[learn], labels[learn]), labels[learn], tc,
-                                 detector.alphas_cumprod, torch.device("cpu"), progress=progress)
-    detector.denoiser = denoiser.eval()
+    train_members(detector, detector.denoiser_input(feats[learn], labels[learn]), labels[learn], tc,
+                  torch.device("cpu"), progress=progress)
     feats.pop("learn", None)
     labels.pop("learn", None)
     return detector, feats, labels, time.perf_counter() - clock
@@ -233,17 +229,25 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
 
 @torch.no_grad()
 def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
-                   batch: int = 128) -> list[torch.Tensor]:
-    """[x_1, ..., x_S] of the DDIM inversion of x0 (one step at a time: S network evaluations in all)."""
+                   batch: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(norm map (N, g, g), NLL (N,)) of x_1, ..., of x_S] of the DDIM inversion of x0, one step at a time
+    (S network evaluations per member in all), each averaged over the ensemble's members as
+    :meth:`Detector.raw_maps` averages x_S's."""
     timesteps = inversion_timesteps(steps, len(detector.alphas_cumprod))
-    out: list[list[torch.Tensor]] = [[] for _ in range(steps)]
+    out: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(steps)]
     for start in range(0, len(x0), batch):
         chunk = labels[start:start + batch]
-        x, eps = detector.denoiser_input(x0[start:start + batch], chunk), detector.eps_fn(chunk)
-        for k in range(steps):
-            x = ddim_invert(eps, x, detector.alphas_cumprod, timesteps[k:k + 2])
-            out[k].append(x)
-    return [torch.cat(chunks) for chunks in out]
+        x_in = detector.denoiser_input(x0[start:start + batch], chunk)
+        per_member: list[list[torch.Tensor]] = [[] for _ in range(steps)]
+        for member in range(detector.config.members):
+            x, eps = x_in, detector.eps_fn(chunk, member)
+            for k in range(steps):
+                x = ddim_invert(eps, x, detector.alphas_cumprod, timesteps[k:k + 2])
+                per_member[k].append(x)
+        for k, latents in enumerate(per_member):
+            out[k].append((member_mean(latent_norm_map(z) for z in latents),
+                           member_mean(latent_nll(z) for z in latents)))
+    return [(torch.cat([n for n, _ in chunks]), torch.cat([v for _, v in chunks])) for chunks in out]
 
 
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
@@ -257,11 +261,11 @@ def shipped_row(config: DetectorConfig, steps: int) -> str:
 def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
                     stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Scored:
     path = inversion_path(detector, x0, labels, steps)
-    maps = [(latent_norm_map(x) - mean[labels]) / std[labels] for x, (mean, std) in zip(path, stats)]
+    maps = [(norm - mean[labels]) / std[labels] for (norm, _), (mean, std) in zip(path, stats)]
     last, ensemble = maps[-1], torch.stack(maps).mean(0)
     flat = last.flatten(1)
-    nll = latent_nll(path[-1])
-    components = image_components(last, nll, latent_norm_map(path[-1]))
+    raw_norm, nll = path[-1]
+    components = image_components(last, nll, raw_norm)
     rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
             f"S={steps} nll": (nll, last), f"S={steps} map_max": (components["map_max"], last)}
     for k in TOPK:
@@ -294,7 +298,7 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
         train_path = inversion_path(detector, feats["train"], labels["train"], steps)
-        stats = [class_standardisers(latent_norm_map(x), labels["train"], classes) for x in train_path]
+        stats = [class_standardisers(norm, labels["train"], classes) for norm, _ in train_path]
         detector.position_mean, detector.position_std = stats[-1]
         del train_path
         calibrate(detector, feats["calib"], labels["calib"])
@@ -328,25 +332,6 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
                                                  ms[nll])
     out["thresholds"] = thresholds
     out["calib"] = {variant: scored["calib"][variant][0] for variant in thresholds}  # calibrated scores
-    return out
-
-
-def ensemble(members: Sequence[dict], labels: dict[str, torch.Tensor], target_fpr: float) -> dict:
-    """The :func:`scoring_variants` of an ensemble from its members': every image score (each already
-    standardised on the calibration normals) and grid map averaged, costs added; the shipped rows'
-    thresholds set again per class on the averaged calibration scores, as calibrating the ensemble would."""
-    out: dict[str, dict] = {}
-    for part in ("test", "loc"):
-        out[part] = {variant: (torch.stack([m[part][variant][0] for m in members]).mean(0),
-                               torch.stack([m[part][variant][1] for m in members]).mean(0),
-                               sum(m[part][variant][2] for m in members))
-                     for variant in members[0][part]}
-    out["calib"] = {v: torch.stack([m["calib"][v] for m in members]).mean(0) for v in members[0]["calib"]}
-    out["thresholds"] = {}
-    for variant, calib in out["calib"].items():
-        per_class = {int(k): threshold_at_fpr(calib[labels["calib"] == k].numpy(), target_fpr)
-                     for k in labels["calib"].unique()}
-        out["thresholds"][variant] = torch.tensor([per_class[int(k)] for k in labels["test"]])
     return out
 
 
@@ -462,14 +447,9 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
             # S = 3 vs 5 depends on the denoiser only through its weights: measured for the base
             # hypothesis; other hypotheses are scored at the first step count.
             base = name == "base"
-            members, train_s = [], 0.0
-            for member in range(hypothesis.members):
-                detector, feats, labels, seconds = train_seed(data, config, hypothesis, seed, base_train, progress,
-                                                              member)
-                members.append(scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
-                                                reconstruction=reconstruction))
-                train_s += seconds
-            variants = members[0] if len(members) == 1 else ensemble(members, labels, detector.config.target_fpr)
+            detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
+            variants = scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
+                                        reconstruction=reconstruction)
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
                          "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
