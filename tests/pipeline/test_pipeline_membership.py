@@ -62,10 +62,11 @@ class LeaderThread:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            # Long polls while joining: kafka-python 3.0 drops a join that ends between two polls, and
-            # a short poll on a loaded machine then never joins (see kafka_io.JOIN_SLICE_MS).
-            joining = self.consumer.group_metadata().state == MemberState.REBALANCING
-            self.consumer.poll(timeout_ms=2000 if joining else 200)
+            # Long polls until it is a stable member, its first join included (state UNJOINED, before the
+            # join request goes out): kafka-python 3.0 drops a join that ends between two polls, and a
+            # short poll on a loaded machine then never joins (see kafka_io.JOIN_SLICE_MS).
+            settled = self.consumer.group_metadata().state == MemberState.STABLE
+            self.consumer.poll(timeout_ms=200 if settled else 2000)
 
     def stable(self) -> bool:
         return self.consumer.group_metadata().state == MemberState.STABLE
