@@ -18,7 +18,8 @@ def test_bench_writes_table_and_json(tiny_bundle, tmp_path, capsys):
     rows = json.loads(out_file.read_text())["rows"]
     assert {(r["method"], r["steps"], r["batch_size"]) for r in rows} >= {("inversion", 3, 2), ("reconstruction", 10, 1)}
     inversion = next(r for r in rows if r["method"] == "inversion" and r["steps"] == 3)
-    assert inversion["denoiser_evals"] == 3
+    members = json.loads(out_file.read_text())["meta"]["members"]
+    assert inversion["denoiser_evals"] == 3 * members  # S evaluations by each denoiser of the ensemble
 
 
 def test_gpu_report_is_built_from_what_ran(tiny_bundle, tmp_path, capsys):
@@ -62,3 +63,13 @@ def test_bench_of_the_untrained_architecture_with_either_denoiser_input(tmp_path
                  "--out", str(out_file), *flags]) == 0
     capsys.readouterr()
     assert json.loads(out_file.read_text())["meta"]["feature_norm"] == expected
+
+
+def test_bench_of_an_untrained_ensemble_counts_every_member_s_evaluations(tmp_path, capsys):
+    out_file = tmp_path / "ensemble.json"
+    assert main(["bench", "--image-size", "64", "--batch-sizes", "2", "--steps", "2", "--repeats", "1",
+                 "--members", "2", "--out", str(out_file)]) == 0
+    capsys.readouterr()
+    report = json.loads(out_file.read_text())
+    inversion = next(r for r in report["rows"] if r["method"] == "inversion")
+    assert report["meta"]["members"] == 2 and inversion["denoiser_evals"] == 4
