@@ -52,7 +52,7 @@ def _tiles(text: str) -> str | tuple[int, int]:
 # (those modules import torch; tests keep the copies equal)
 AUGMENT_CHOICES = ("none", "flips", "dihedral")
 FEATURE_NORM_CHOICES = ("channel", "position")
-DEFAULT_MEMBERS = 1
+DEFAULT_MEMBERS = 3
 MAX_MEMBERS = 8
 
 

@@ -10,6 +10,7 @@ import torch
 from synthetic import make_texture_images
 from worker.cli import DEFAULT_MEMBERS, MAX_MEMBERS, build_parser
 from worker.core.bundle import BundleError, bundle_version
+from worker.core.config import DEFAULT_MEMBERS as CONFIG_DEFAULT_MEMBERS
 from worker.core.config import MAX_MEMBERS as CONFIG_MAX_MEMBERS
 from worker.core.config import DetectorConfig
 from worker.core.detector import Detector
@@ -41,7 +42,7 @@ def test_the_ensemble_averages_its_members_latent_maps_and_nlls():
     torch.testing.assert_close(raw["nll"], (latent_nll(latents[0]) + latent_nll(latents[1])) / 2)
     # each member alone is the one-denoiser detector of that denoiser
     for member, denoiser in enumerate(detector.denoisers):
-        alone = Detector(DetectorConfig(image_size=64), detector.extractor, [denoiser], detector.alphas_cumprod)
+        alone = Detector(DetectorConfig(image_size=64, members=1), detector.extractor, [denoiser], detector.alphas_cumprod)
         alone.load_state_dict({k: v for k, v in detector.state_dict().items() if not k.startswith("denoisers.")},
                               strict=False)
         torch.testing.assert_close(alone.raw_maps(features, labels)["nll"], latent_nll(latents[member]))
@@ -51,7 +52,7 @@ def test_the_ensemble_averages_its_members_latent_maps_and_nlls():
 
 
 def test_member_zero_is_the_single_denoiser_of_the_seed_and_the_others_have_their_own():
-    single = build_detector(DetectorConfig(image_size=64), TINY)
+    single = build_detector(DetectorConfig(image_size=64, members=1), TINY)
     pair = build_detector(DetectorConfig(image_size=64, members=2), TINY)
     features = torch.randn(12, single.extractor.channels, single.extractor.grid, single.extractor.grid)
     labels = torch.zeros(12, dtype=torch.long)
@@ -60,7 +61,7 @@ def test_member_zero_is_the_single_denoiser_of_the_seed_and_the_others_have_thei
     train_members(single, features, labels, config, torch.device("cpu"), progress=False)
     train_members(pair, features, labels, config, torch.device("cpu"), progress=False)
     assert torch.equal(single.denoisers[0].proj_in.weight, pair.denoisers[0].proj_in.weight)
-    third = build_detector(DetectorConfig(image_size=64), TINY)
+    third = build_detector(DetectorConfig(image_size=64, members=1), TINY)
     moved = TrainConfig(**{**TINY.__dict__, "seed": seed + MEMBER_SEED_STEP})
     train_members(third, features, labels, moved, torch.device("cpu"), progress=False)
     assert torch.equal(third.denoisers[0].proj_in.weight, pair.denoisers[1].proj_in.weight)
@@ -114,6 +115,8 @@ def test_a_one_denoiser_bundle_keeps_its_layout_and_version(tmp_path, tiny_bundl
     shutil.copytree(tiny_bundle, older)
     config.pop("members", None)
     (older / "detector_config.json").write_text(json.dumps(config))
+    for extra in older.glob("denoiser_*"):  # the tiny bundle is an ensemble (the default): keep its first member
+        shutil.rmtree(extra)
     loaded = Detector.from_pretrained(older, "cpu")
     assert loaded.config.members == 1 and not (older / "denoiser_1").exists()
     digest = hashlib.sha256()
@@ -123,14 +126,15 @@ def test_a_one_denoiser_bundle_keeps_its_layout_and_version(tmp_path, tiny_bundl
 
 
 def test_members_are_validated_everywhere_they_enter():
-    assert DEFAULT_MEMBERS == DetectorConfig.members and MAX_MEMBERS == CONFIG_MAX_MEMBERS
+    assert DEFAULT_MEMBERS == DetectorConfig.members == CONFIG_DEFAULT_MEMBERS == 3
+    assert MAX_MEMBERS == CONFIG_MAX_MEMBERS
     for bad in (0, MAX_MEMBERS + 1, 2.0, True):
         with pytest.raises(ValueError, match="members must be a whole number of denoisers"):
             DetectorConfig(members=bad)
     detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
     with pytest.raises(ValueError, match="members=2, got 1 denoiser"):
         detector.set_denoisers(detector.denoisers[:1])
-    wider = build_detector(DetectorConfig(image_size=64), TrainConfig(width=32, num_blocks=1)).denoisers[0]
+    wider = build_detector(DetectorConfig(image_size=64, members=1), TrainConfig(width=32, num_blocks=1)).denoisers[0]
     with pytest.raises(ValueError, match="share one configuration"):
         detector.set_denoisers([detector.denoisers[0], wider])
     parser = build_parser()

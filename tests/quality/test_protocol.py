@@ -181,7 +181,7 @@ def test_an_ensemble_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
     from worker.quality import protocol
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
-    config = DetectorConfig(image_size=64)
+    config = DetectorConfig(image_size=64, members=1)
     data = _synthetic_cells(tmp_path, config, 24)
     base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
     pair = protocol.Hypothesis("pair", detector={"members": 2}, by_type=True)

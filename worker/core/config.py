@@ -18,6 +18,9 @@ FEATURE_NORMS = ("channel", "position")
 # Denoisers of an ensemble: each trained on the same split with its own seed; their latents' norm maps and
 # NLLs are averaged before scoring. More cost S network evaluations each at inference.
 MAX_MEMBERS = 8
+# Three by default: on ELPV better than one denoiser in every one of 3 seeds (docs/BENCHMARKS.md, seventh
+# round); on CPU the two extra denoisers add about 8 ms per image to roughly 55 ms of backbone and the rest.
+DEFAULT_MEMBERS = 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCORE_KINDS = ("inversion", "reconstruction", "gaussian")
@@ -56,7 +59,7 @@ class DetectorConfig:
     strides: tuple[int, ...] = (4, 8, 16)
     grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
     feature_norm: str = "position"
-    members: int = 1
+    members: int = DEFAULT_MEMBERS
     classes: tuple[str, ...] = ("default",)
     steps: int = 3
     score_components: tuple[str, ...] = ("nll", "map_top")

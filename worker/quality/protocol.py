@@ -100,11 +100,11 @@ HYPOTHESES = {
                                what="class-conditional on the cell type, features standardised per class and position"),
     "type-ens3": Hypothesis("type-ens3", detector={"members": 3}, by_type=True,
                             what="class-conditional on the cell type, an ensemble of three denoisers"),
-    "shipped": Hypothesis("shipped", detector=SHIPPED, by_type=True, what="the bundle defaults since the sixth round: type-posnorm scored by NLL + map_top"),
+    "shipped": Hypothesis("shipped", detector=SHIPPED, by_type=True, what="the sixth round's bundle defaults: type-posnorm scored by NLL + map_top, one denoiser"),
     "type-posnorm-ens3": Hypothesis("type-posnorm-ens3", detector={"feature_norm": "position", "members": 3},
                                     by_type=True, what="type-posnorm, an ensemble of three denoisers"),
     "shipped-ens3": Hypothesis("shipped-ens3", detector={**SHIPPED, "members": 3}, by_type=True,
-                               what="the sixth round's bundle defaults with an ensemble of three denoisers"),
+                               what="the bundle defaults since the seventh round: shipped with an ensemble of three denoisers"),
     "shipped-ens5": Hypothesis("shipped-ens5", detector={**SHIPPED, "members": 5}, by_type=True,
                                what="the sixth round's bundle defaults with an ensemble of five denoisers"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
@@ -181,8 +181,8 @@ def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[s
 
 
 # Every hypothesis is a change to this detector: the bundle defaults as every round before the sixth
-# measured them (the denoiser's input standardised per channel only, the score NLL + map_max).
-PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"))
+# measured them (the denoiser's input standardised per channel only, the score NLL + map_max, one denoiser).
+PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"), members=1)
 
 
 def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
