@@ -2,7 +2,7 @@
 
     images -> resize, cut into tiles, ImageNet-normalise -> frozen CNN features x0 (B, C, g, g) per tile,
            standardised per channel (and, with feature_norm "position", per class and grid position)
-           -> S-step DDIM inversion z = x_S by each denoiser of the ensemble (``members``, usually one)
+           -> S-step DDIM inversion z = x_S by each denoiser of the ensemble (``members``, three by default)
            -> NLL and latent-norm map, averaged over the members -> calibrated image score and map
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
