@@ -208,7 +208,7 @@ def load_bundle(path: str | os.PathLike) -> BundleContents:
     if missing:
         raise BundleError(f"bundle {folder} is incomplete: its config says members={config.members} but "
                           f"{', '.join(missing)} is missing; re-export the bundle with `invad train`")
-    denoisers = tuple(_load_denoiser(folder / denoiser_dir(m)) for m in range(config.members))
+    denoisers = tuple(load_denoiser(folder / denoiser_dir(m)) for m in range(config.members))
     if any(d.architecture != denoisers[0].architecture for d in denoisers[1:]):
         raise BundleError(f"the denoisers of bundle {folder} differ in configuration; re-export it with `invad train`")
     alphas_cumprod = make_scheduler(**_schedule_args(scheduler_config)).alphas_cumprod
@@ -216,7 +216,8 @@ def load_bundle(path: str | os.PathLike) -> BundleContents:
                           bundle_version(folder, config.members), _calibration_scores(folder, config))
 
 
-def _load_denoiser(folder: Path) -> FeatureDenoiser:
+def load_denoiser(folder: Path) -> FeatureDenoiser:
+    """The denoiser saved in ``folder`` (diffusers layout), on the CPU; BundleError naming it if it cannot be read."""
     try:
         return FeatureDenoiser.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     except Exception as error:  # diffusers raises OSError, ValueError, SafetensorError, ...

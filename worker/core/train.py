@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .backbone import pretrained_extractor
-from .bundle import DENOISER_WEIGHTS
+from .bundle import DENOISER_WEIGHTS, load_denoiser
 from .config import DetectorConfig
 from .data import normal_training_images, test_samples
 from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, FeatureDenoiser
@@ -355,7 +355,7 @@ def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor,
         folder = checkpoint / f"member-{member}" if checkpoint is not None else None
         final = checkpoint / f"member-{member}-final" if checkpoint is not None else None
         if resume and final is not None and (final / DENOISER_WEIGHTS).is_file():
-            trained.append(FeatureDenoiser.from_pretrained(str(final), local_files_only=True, low_cpu_mem_usage=False))
+            trained.append(load_denoiser(final))
             losses.append([])
             continue
         torch.manual_seed(seed)
