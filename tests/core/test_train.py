@@ -94,3 +94,55 @@ def test_a_denoiser_with_positions_refuses_another_grid():
     model = FeatureDenoiser(in_channels=8, width=16, num_blocks=1, position_grid=4)
     with pytest.raises(ValueError, match="4 x 4 grid; got a 5 x 5 grid"):
         model(torch.randn(1, 8, 5, 5), torch.tensor([10]))
+
+
+@pytest.mark.parametrize("grid, expected", [(0, None), (3, {0, 333, 666})])
+def test_training_noise_levels_follow_the_timestep_grid(grid, expected):
+    """timestep_grid = S trains the denoiser only at the S timesteps an S-step inversion evaluates it;
+    0 draws from every timestep of the schedule."""
+    features = torch.randn(16, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    model = FeatureDenoiser(in_channels=4, width=16, num_blocks=1)
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(lambda module, args, output: seen.append(args[1].clone()))
+    config = TrainConfig(iterations=40, batch_size=8, warmup=2, checkpoint_every=1000, timestep_grid=grid)
+    train_denoiser(model, features, torch.zeros(16, dtype=torch.long), config, make_scheduler().alphas_cumprod,
+                   torch.device("cpu"), progress=False)
+    drawn = set(torch.cat(seen).tolist())
+    if expected is None:
+        assert len(drawn) > 100 and min(drawn) >= 0 and max(drawn) <= 999
+    else:
+        assert drawn == expected
+
+
+def test_a_timestep_grid_beyond_the_inversion_limit_is_refused():
+    with pytest.raises(ValueError, match="timestep_grid"):
+        TrainConfig(timestep_grid=11)
+
+
+def test_attention_starts_as_the_identity_and_survives_a_round_trip(tmp_path):
+    """Attention sub-layers start as the identity (zero output projection), so a denoiser with them
+    computes what the same weights without them compute; saved and loaded, it keeps its heads and weights."""
+    x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([10, 500])
+    torch.manual_seed(0)
+    with_attention = FeatureDenoiser(in_channels=8, width=16, num_blocks=2, attention_heads=2).eval()
+    plain = FeatureDenoiser(in_channels=8, width=16, num_blocks=2).eval()
+    missing, unexpected = plain.load_state_dict(with_attention.state_dict(), strict=False)
+    assert not missing and unexpected and all(".attention." in key for key in unexpected)
+    for p in with_attention.blocks[-1].conv2.parameters():  # out of the all-identity start
+        p.data.add_(0.1)
+    plain.load_state_dict(with_attention.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(with_attention(x, t), plain(x, t))
+    with_attention.save_pretrained(tmp_path / "d")
+    loaded = FeatureDenoiser.from_pretrained(tmp_path / "d").eval()
+    assert loaded.config.attention_heads == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), with_attention(x, t))
+
+
+def test_attention_heads_that_do_not_divide_the_width_are_refused():
+    with pytest.raises(ValueError, match="attention_heads"):
+        TrainConfig(width=256, attention_heads=3)
+    with pytest.raises(ValueError, match="attention_heads"):
+        FeatureDenoiser(in_channels=8, width=16, attention_heads=3)

@@ -34,12 +34,33 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-class _Block(nn.Module):
-    """x + conv(act(norm(x) * (1 + scale) + shift)) twice; zero-initialised last conv (identity at start)."""
+class _Attention(nn.Module):
+    """x + attention over the grid's positions of the modulated, normalised x (DiT's attention sub-layer);
+    zero-initialised output projection (identity at start)."""
 
-    def __init__(self, width: int, cond_dim: int, kernel_size: int, groups: int):
+    def __init__(self, width: int, cond_dim: int, heads: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, width)
+        self.modulation = nn.Linear(cond_dim, 2 * width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        nn.init.zeros_(self.attention.out_proj.weight)
+        nn.init.zeros_(self.attention.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(cond)[:, :, None, None].chunk(2, dim=1)
+        tokens = (self.norm(x) * (1 + scale) + shift).flatten(2).transpose(1, 2)  # (B, g*g, W)
+        mixed, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return x + mixed.transpose(1, 2).reshape(x.shape)
+
+
+class _Block(nn.Module):
+    """[attention,] then x + conv(act(norm(x) * (1 + scale) + shift)) twice; zero-initialised last conv
+    (identity at start)."""
+
+    def __init__(self, width: int, cond_dim: int, kernel_size: int, groups: int, heads: int = 0):
         super().__init__()
         padding = kernel_size // 2
+        self.attention = _Attention(width, cond_dim, heads, groups) if heads else None
         self.norm1 = nn.GroupNorm(groups, width)
         self.conv1 = nn.Conv2d(width, width, kernel_size, padding=padding)
         self.norm2 = nn.GroupNorm(groups, width)
@@ -50,6 +71,8 @@ class _Block(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.attention is not None:
+            x = self.attention(x, cond)
         scale, shift = self.modulation(cond)[:, :, None, None].chunk(2, dim=1)  # (B, W, 1, 1) each
         h = self.conv1(self.act(self.norm1(x)))
         h = self.norm2(h) * (1 + scale) + shift
@@ -69,6 +92,9 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         position_grid: 0 (default) for a model that does not know where a position lies; g adds a
             learned embedding per position of a g x g grid to the hidden features, so the model learns
             what is normal *there* (aligned parts: a busbar is normal in its row, not elsewhere).
+        attention_heads: 0 (default) for none; h > 0 starts each block with self-attention of h heads
+            over the grid's positions (the paper's DiT with patch size 1), so each position sees the
+            whole image.
     """
 
     config_name = "config.json"
@@ -76,13 +102,14 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int, width: int = DEFAULT_WIDTH, num_blocks: int = DEFAULT_BLOCKS,
                  kernel_size: int = DEFAULT_KERNEL_SIZE, num_classes: int = 0, time_embed_dim: int = 128,
-                 position_grid: int = 0):
+                 position_grid: int = 0, attention_heads: int = 0):
         super().__init__()
         if (in_channels < 1 or width < 8 or num_blocks < 1 or kernel_size not in (1, 3, 5)
-                or position_grid < 0):
+                or position_grid < 0 or attention_heads < 0 or (attention_heads and width % attention_heads)):
             raise ValueError(f"bad denoiser shape: in_channels={in_channels}, width={width}, "
                              f"num_blocks={num_blocks}, kernel_size={kernel_size} (1, 3 or 5), "
-                             f"position_grid={position_grid} (0 or the grid side)")
+                             f"position_grid={position_grid} (0 or the grid side), "
+                             f"attention_heads={attention_heads} (0 or a divisor of the width)")
         groups = math.gcd(width, 32)
         cond_dim = 4 * time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
@@ -90,7 +117,7 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         self.proj_in = nn.Conv2d(in_channels, width, 1)
         self.position_embedding = (nn.Parameter(0.02 * torch.randn(1, width, position_grid, position_grid))
                                    if position_grid else None)
-        self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups, attention_heads) for _ in range(num_blocks))
         self.norm_out = nn.GroupNorm(groups, width)
         self.proj_out = nn.Conv2d(width, in_channels, 1)
 

@@ -37,7 +37,7 @@ from .data import normal_training_images, test_samples
 from .denoiser import DEFAULT_BLOCKS, DEFAULT_KERNEL_SIZE, DEFAULT_WIDTH, FeatureDenoiser
 from .detector import Detector, select_device
 from .images import ImageDecodeError, load_image
-from .inversion import make_scheduler, q_sample
+from .inversion import MAX_STEPS, inversion_timesteps, make_scheduler, q_sample
 from .scoring import (class_standardisers, describe_threshold, fit_standardiser, threshold_at_fpr,
                       threshold_f1_max)
 from .tiles import layout_for
@@ -59,11 +59,15 @@ class TrainConfig:
     num_blocks: int = DEFAULT_BLOCKS
     kernel_size: int = DEFAULT_KERNEL_SIZE
     position_embedding: bool = False  # the denoiser learns one embedding per grid position
+    attention_heads: int = 0  # > 0: self-attention over the grid in each block (FeatureDenoiser)
     calib_fraction: float = 0.2
     seed: int = 0
     checkpoint_every: int = 250
     feature_batch: int = 16
     augment: str = "none"  # one of AUGMENTATIONS: views of the training images the denoiser also learns
+    # 0: noise levels drawn from all T timesteps (DDPM); S > 0: only the S timesteps at which an S-step
+    # inversion evaluates the denoiser (inversion_timesteps), so all of its capacity goes where it is used.
+    timestep_grid: int = 0
 
     def __post_init__(self):
         if self.iterations < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -74,6 +78,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if self.attention_heads < 0 or (self.attention_heads and self.width % self.attention_heads):
+            raise ValueError(f"attention_heads must be 0 (no attention) or divide the width {self.width}, "
+                             f"got {self.attention_heads}")
+        if not 0 <= self.timestep_grid <= MAX_STEPS:
+            raise ValueError(f"timestep_grid must be 0 (every timestep) or an inversion's step count 1..{MAX_STEPS}, "
+                             f"got {self.timestep_grid}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}: "
                              "flips for parts that stay normal when mirrored, dihedral for textures without "
@@ -216,6 +226,8 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
         start = _load_checkpoint(checkpoint, model, ema, optimizer, schedule, generator)
     abar = alphas_cumprod.to(device)
     num_timesteps = len(alphas_cumprod)
+    levels = (torch.tensor(inversion_timesteps(config.timestep_grid, num_timesteps)[:-1]) if config.timestep_grid
+              else torch.arange(num_timesteps))
     losses: list[float] = []
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False))
     bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not progress,
@@ -223,7 +235,8 @@ def train_denoiser(model: FeatureDenoiser, features: torch.Tensor, labels: torch
     for step in bar:
         # 1. a batch of clean features, timesteps and noise (DDPM Algorithm 1)
         index = torch.randint(len(features), (config.batch_size,), generator=generator)
-        t = torch.randint(num_timesteps, (config.batch_size,), generator=generator)
+        t = torch.randint(len(levels), (config.batch_size,), generator=generator)
+        t = levels[t]
         noise = torch.randn((config.batch_size, *features.shape[1:]), generator=generator)
         x0, t, noise = features[index].to(device), t.to(device), noise.to(device)
         x_t = q_sample(x0, noise, abar[t][:, None, None, None])
@@ -329,7 +342,8 @@ def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
     k = len(detector_config.classes)
     shape = dict(in_channels=extractor.channels, width=train_config.width, num_blocks=train_config.num_blocks,
                  kernel_size=train_config.kernel_size, num_classes=k if k > 1 else 0,
-                 position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0)
+                 position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0,
+                 attention_heads=train_config.attention_heads)
     denoisers = [FeatureDenoiser(**shape) for _ in range(detector_config.members)]
     return Detector(detector_config, extractor, denoisers, scheduler.alphas_cumprod, dict(scheduler.config))
 

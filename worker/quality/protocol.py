@@ -107,6 +107,15 @@ HYPOTHESES = {
                                what="the bundle defaults since the seventh round: shipped with an ensemble of three denoisers"),
     "shipped-ens5": Hypothesis("shipped-ens5", detector={**SHIPPED, "members": 5}, by_type=True,
                                what="the sixth round's bundle defaults with an ensemble of five denoisers"),
+    "shipped-ens3-tgrid": Hypothesis("shipped-ens3-tgrid", {"timestep_grid": 3}, detector={**SHIPPED, "members": 3},
+                                     by_type=True, what="shipped-ens3, each denoiser trained only at the 3 "
+                                     "timesteps a 3-step inversion evaluates"),
+    "shipped-ens3-lite2": Hypothesis("shipped-ens3-lite2", detector={**SHIPPED, "members": 3,
+                                                                     "backbone": "efficientnet-lite2"},
+                                     by_type=True, what="shipped-ens3 on EfficientNet-Lite2 features"),
+    "shipped-ens3-attn": Hypothesis("shipped-ens3-attn", {"attention_heads": 4}, detector={**SHIPPED, "members": 3},
+                                    by_type=True, what="shipped-ens3 with self-attention over the grid in "
+                                    "each denoiser block (4 heads)"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
