@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from worker.core.scoring import latent_nll
-from worker.quality.protocol import METRICS, aggregate, markdown, summarise
+from worker.core.train import TrainConfig
+from worker.quality.protocol import METRICS, aggregate, markdown, run_steps, stored_train_config, summarise
 
 
 def test_neighbourhood_mean_averages_what_exists_at_the_edges():
@@ -17,6 +18,15 @@ def test_neighbourhood_mean_averages_what_exists_at_the_edges():
     assert out[0, 0, 1, 1] == pytest.approx(x[0, 0, :3, :3].mean())
     assert out[0, 0, 0, 0] == pytest.approx(x[0, 0, :2, :2].mean())  # corner: 4 neighbours, no zero padding
     assert torch.equal(aggregate(x, 1), x)
+
+
+def test_a_stored_run_is_reused_only_for_the_same_training_and_step_counts():
+    """Runs stored before a setting existed ran with its default; their step counts come from their rows."""
+    old = {"train_config": {"iterations": 300}, "rows": {"S=3 nll": {}, "S=5 nll": {}, "per-position gaussian": {}}}
+    assert run_steps(old) == {3, 5}
+    assert run_steps({**old, "steps": [3, 2]}) == {2, 3}
+    assert stored_train_config(old) == {**vars(TrainConfig()), "iterations": 300}
+    assert stored_train_config(old) != vars(TrainConfig(iterations=300, timestep_grid=3))
 
 
 def test_summary_gives_mean_and_sample_spread_per_variant_over_seeds():

@@ -425,6 +425,18 @@ def plot(summary: dict, out: Path) -> Path:
     return path
 
 
+def stored_train_config(run: dict) -> dict:
+    """A stored run's training config, with the defaults of settings added since it was stored."""
+    return {**asdict(TrainConfig()), **run["train_config"]}
+
+
+def run_steps(run: dict) -> set[int]:
+    """The step counts a stored run was scored at (runs stored before "steps" was recorded: from its rows)."""
+    if "steps" in run:
+        return set(run["steps"])
+    return {int(row.split()[0][2:]) for row in run["rows"] if row.startswith("S=")}
+
+
 def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_train: TrainConfig | None = None,
         steps_list: Sequence[int] = (3, 5), reconstruction: bool = True, progress: bool = True) -> dict:
     """Train and score every hypothesis x seed; writes OUT.json (every run, appended as it finishes),
@@ -444,7 +456,8 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
         hypothesis = HYPOTHESES[name]
         for seed in seeds:
             tc = asdict(replace(base_train, seed=seed, **hypothesis.train))
-            previous = [r for r in done if r["hypothesis"] == name and r["train_config"] == tc]
+            previous = [r for r in done if r["hypothesis"] == name and stored_train_config(r) == tc
+                        and run_steps(r) == set(steps_list)]
             if previous:
                 runs.append(previous[0])
                 continue
@@ -453,21 +466,17 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                 loaded.clear()  # one feature set in memory at a time
                 loaded[config] = load_data(config, progress)
             data = loaded[config]
-            # S = 3 vs 5 depends on the denoiser only through its weights: measured for the base
-            # hypothesis; other hypotheses are scored at the first step count.
-            base = name == "base"
             detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
-            variants = scoring_variants(detector, feats, labels, steps_list if base else steps_list[:1],
-                                        reconstruction=reconstruction)
+            variants = scoring_variants(detector, feats, labels, steps_list, reconstruction=reconstruction)
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
-                         "detector_config": hypothesis.detector, "neighbourhood": hypothesis.neighbourhood,
+                         "detector_config": hypothesis.detector, "steps": list(steps_list), "neighbourhood": hypothesis.neighbourhood,
                          "by_type": hypothesis.by_type, "train_seconds": train_s, "rows": rows})
             if progress:
                 head = rows[shipped_row(config, steps_list[0])]
                 print(f"{name} seed {seed}: trained in {train_s:.0f} s, image AUROC {head['image_auroc']:.3f}, "
                       f"pixel AUROC {head['pixel_auroc']:.3f}, AUPRO {head['aupro']:.3f}", flush=True)
-            kept = [r for r in done if not (r["hypothesis"] == name and r["train_config"] == tc)]
+            kept = [r for r in done if not (r["hypothesis"] == name and stored_train_config(r) == tc)]
             done = kept + [runs[-1]]
             out.write_text(json.dumps({"runs": done}, indent=1) + "\n")
     summary = summarise(runs)
