@@ -48,6 +48,13 @@ def member_mean(values) -> torch.Tensor:
     return values[0] if len(values) == 1 else torch.stack(values).mean(dim=0)
 
 
+def ensemble_scores(latents: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The members' latents (B, C, g, g) each -> ``norm`` (B, g, g), the mean of their latent-norm maps,
+    and ``nll`` (B,), the mean of their NLLs."""
+    return {"norm": member_mean(latent_norm_map(z) for z in latents),
+            "nll": member_mean(latent_nll(z) for z in latents)}
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Per-image results of one batch (field names follow anomalib's)."""
@@ -204,6 +211,20 @@ class Detector(nn.Module):
 
         return eps
 
+    def inversion_path(self, x: torch.Tensor, labels: torch.Tensor,
+                       steps: int | None = None) -> list[list[torch.Tensor]]:
+        """[x_1, ..., x_S] of the DDIM inversion of the denoiser's input x (B, C, g, g), each a list of the
+        members' states (B, C, g, g); x_S is the latent z. ``steps`` defaults to the bundle's."""
+        timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
+        per_member = []
+        for member in range(self.config.members):
+            state, eps, path = x, self.eps_fn(labels, member), []
+            for step in range(len(timesteps) - 1):
+                state = ddim_invert(eps, state, self.alphas_cumprod, timesteps[step:step + 2])
+                path.append(state)
+            per_member.append(path)
+        return [list(states) for states in zip(*per_member)]
+
     def denoiser_input(self, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """What the denoiser models, from features x0 (B, C, g, g) standardised per channel: x0 itself, or
         with ``feature_norm`` "position" each class's deviation from its normal at each position, in units
@@ -237,10 +258,7 @@ class Detector(nn.Module):
         diagonal Mahalanobis distance per position.
         """
         if kind == "inversion":
-            x = self.denoiser_input(x0, labels)
-            latents = [self.invert(x, labels, member, steps) for member in range(self.config.members)]
-            return {"norm": member_mean(latent_norm_map(z) for z in latents),
-                    "nll": member_mean(latent_nll(z) for z in latents)}
+            return ensemble_scores(self.inversion_path(self.denoiser_input(x0, labels), labels, steps)[-1])
         if kind == "reconstruction":
             x = self.denoiser_input(x0, labels)
             return {"norm": member_mean(latent_norm_map(x - self.reconstruct(x, labels, member))

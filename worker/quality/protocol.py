@@ -29,12 +29,11 @@ import torch.nn.functional as F
 
 from ..core.config import DetectorConfig
 from ..core.data import ELPV_TYPES, elpv_split, mvtec_test_set
-from ..core.detector import Detector, member_mean
+from ..core.detector import Detector, ensemble_scores
 from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
-from ..core.inversion import ddim_invert, inversion_timesteps
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, image_components, latent_nll, latent_norm_map
+from ..core.scoring import class_standardisers, image_components
 from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics,
                           fit_feature_statistics, split_normals, train_members)
 from .defects import localisation_sources, write_localisation_set
@@ -239,24 +238,15 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
 @torch.no_grad()
 def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
                    batch: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(norm map (N, g, g), NLL (N,)) of x_1, ..., of x_S] of the DDIM inversion of x0, one step at a time
-    (S network evaluations per member in all), each averaged over the ensemble's members as
-    :meth:`Detector.raw_maps` averages x_S's."""
-    timesteps = inversion_timesteps(steps, len(detector.alphas_cumprod))
-    out: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(steps)]
+    """[(norm map (N, g, g), NLL (N,)) of x_1, ..., of x_S] of the DDIM inversion of x0 (S network
+    evaluations per member), each averaged over the members as :meth:`Detector.raw_maps` averages x_S's."""
+    out: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(steps)]
     for start in range(0, len(x0), batch):
         chunk = labels[start:start + batch]
-        x_in = detector.denoiser_input(x0[start:start + batch], chunk)
-        per_member: list[list[torch.Tensor]] = [[] for _ in range(steps)]
-        for member in range(detector.config.members):
-            x, eps = x_in, detector.eps_fn(chunk, member)
-            for k in range(steps):
-                x = ddim_invert(eps, x, detector.alphas_cumprod, timesteps[k:k + 2])
-                per_member[k].append(x)
-        for k, latents in enumerate(per_member):
-            out[k].append((member_mean(latent_norm_map(z) for z in latents),
-                           member_mean(latent_nll(z) for z in latents)))
-    return [(torch.cat([n for n, _ in chunks]), torch.cat([v for _, v in chunks])) for chunks in out]
+        path = detector.inversion_path(detector.denoiser_input(x0[start:start + batch], chunk), chunk, steps)
+        for k, latents in enumerate(path):
+            out[k].append(ensemble_scores(latents))
+    return [(torch.cat([c["norm"] for c in chunks]), torch.cat([c["nll"] for c in chunks])) for chunks in out]
 
 
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
