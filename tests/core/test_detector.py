@@ -97,8 +97,9 @@ def test_steps_change_the_evaluation_count(detector, test_images):
         labels = torch.zeros(2, dtype=torch.long)
         for steps in (1, 2, 5):
             calls.clear()
-            detector.invert(x0, labels, 0, steps)
-            assert len(calls) == steps
+            path = detector.inversion_path(x0, labels, steps)
+            assert len(calls) == len(path) == steps  # S evaluations of each member
+            assert all(len(states) == detector.config.members for states in path)
     finally:
         handle.remove()
 

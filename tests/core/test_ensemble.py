@@ -14,6 +14,7 @@ from worker.core.config import DEFAULT_MEMBERS as CONFIG_DEFAULT_MEMBERS
 from worker.core.config import MAX_MEMBERS as CONFIG_MAX_MEMBERS
 from worker.core.config import DetectorConfig
 from worker.core.detector import Detector
+from worker.core.inversion import ddim_invert, inversion_timesteps
 from worker.core.scoring import latent_nll, latent_norm_map
 from worker.core.train import MEMBER_SEED_STEP, TrainConfig, build_detector, calibrate, fit_statistics, train_members
 
@@ -37,7 +38,8 @@ def test_the_ensemble_averages_its_members_latent_maps_and_nlls():
     assert not torch.equal(first.proj_in.weight, second.proj_in.weight)
     raw = detector.raw_maps(features, labels)
     x = detector.denoiser_input(features, labels)
-    latents = [detector.invert(x, labels, member) for member in (0, 1)]
+    timesteps = inversion_timesteps(detector.config.steps, len(detector.alphas_cumprod))
+    latents = [ddim_invert(detector.eps_fn(labels, member), x, detector.alphas_cumprod, timesteps) for member in (0, 1)]
     torch.testing.assert_close(raw["norm"], (latent_norm_map(latents[0]) + latent_norm_map(latents[1])) / 2)
     torch.testing.assert_close(raw["nll"], (latent_nll(latents[0]) + latent_nll(latents[1])) / 2)
     # each member alone is the one-denoiser detector of that denoiser

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from worker.core.inversion import ddim_invert
 from worker.core.scoring import latent_nll
 from worker.core.train import TrainConfig
 from worker.quality.protocol import METRICS, aggregate, markdown, run_steps, stored_train_config, summarise
@@ -207,7 +208,7 @@ def test_an_ensemble_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
         comps, grid = ensemble.score_features(feats[part], labels[part], "inversion", 1)  # the bundle's code
         torch.testing.assert_close(out[part][shipped][0], ensemble.combine(comps, labels[part]))
         torch.testing.assert_close(out[part][shipped][1], grid)
-        members = [ensemble.invert(ensemble.denoiser_input(feats[part], labels[part]), labels[part], m, 1)
-                   for m in range(2)]
+        x = ensemble.denoiser_input(feats[part], labels[part])
+        members = [ddim_invert(ensemble.eps_fn(labels[part], m), x, ensemble.alphas_cumprod, [0, 999]) for m in range(2)]
         nll = (latent_nll(members[0]) + latent_nll(members[1])) / 2
         torch.testing.assert_close(comps["nll"], nll)

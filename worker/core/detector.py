@@ -233,12 +233,6 @@ class Detector(nn.Module):
             return x0
         return (x0 - self.gauss_mean[labels]) / self.gauss_std[labels].clamp_min(POSITION_STD_FLOOR)
 
-    def invert(self, x0: torch.Tensor, labels: torch.Tensor, member: int, steps: int | None = None) -> torch.Tensor:
-        """z = DDIM inversion by the ensemble's ``member`` of the denoiser's input x0 (B, C, g, g)
-        (:meth:`denoiser_input`) in ``steps`` (default: the bundle's) network evaluations."""
-        timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
-        return ddim_invert(self.eps_fn(labels, member), x0, self.alphas_cumprod, timesteps)
-
     def reconstruct(self, x0: torch.Tensor, labels: torch.Tensor, member: int) -> torch.Tensor:
         """The reconstruction baseline on the denoiser's input x0 by the ensemble's ``member``: noised to
         t_start with fixed noise, then DDIM-denoised to 0."""
