@@ -144,3 +144,30 @@ def test_members_are_validated_everywhere_they_enter():
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "elpv", "--out", "b", "--members", str(MAX_MEMBERS + 1)])
     assert parser.parse_args(["bench", "--members", "2"]).members == 2
+
+
+def test_bagged_members_each_learn_their_own_reproducible_resample(monkeypatch):
+    from worker.core import train as core_train
+
+    detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    features = torch.arange(12.0)[:, None, None, None].expand(12, detector.extractor.channels,
+                                                             detector.extractor.grid, detector.extractor.grid)
+    labels = torch.arange(12) % 2
+    seen = []
+    real = core_train.train_denoiser
+
+    def spy(model, learn, learn_labels, *args, **kwargs):
+        seen.append((learn[:, 0, 0, 0].long(), learn_labels))
+        return real(model, learn, learn_labels, *args, **kwargs)
+
+    monkeypatch.setattr(core_train, "train_denoiser", spy)
+    config = TrainConfig(**{**TINY.__dict__, "bootstrap": True, "seed": 3})
+    train_members(detector, features, labels, config, torch.device("cpu"), progress=False)
+    train_members(detector, features, labels, config, torch.device("cpu"), progress=False)
+    (first, first_labels), (second, _), (again, _), _ = seen
+    assert len(first) == len(second) == 12 and torch.equal(first_labels, first % 2)  # rows keep their class
+    assert len(set(first.tolist())) < 12, "drawn with replacement"
+    assert not torch.equal(first, second) and torch.equal(first, again)
+    seen.clear()
+    train_members(detector, features, labels, TINY, torch.device("cpu"), progress=False)
+    assert all(torch.equal(rows, torch.arange(12)) for rows, _ in seen), "without bootstrap: every row once"

@@ -68,6 +68,9 @@ class TrainConfig:
     # 0: noise levels drawn from all T timesteps (DDPM); S > 0: only the S timesteps at which an S-step
     # inversion evaluates the denoiser (inversion_timesteps), so all of its capacity goes where it is used.
     timestep_grid: int = 0
+    # each member of an ensemble trains on its own bootstrap resample of the training features (drawn
+    # with its seed): bagging, for members that differ in what they saw as well as in their start
+    bootstrap: bool = False
 
     def __post_init__(self):
         if self.iterations < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -351,6 +354,11 @@ def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
 MEMBER_SEED_STEP = 1000  # member j of an ensemble trains with seed + 1000 j (member 0 with the seed itself)
 
 
+def bootstrap_sample(n: int, seed: int) -> torch.Tensor:
+    """n indices drawn from range(n) with replacement, reproducibly from ``seed``."""
+    return torch.randint(n, (n,), generator=torch.Generator().manual_seed(seed))
+
+
 def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
                   device: torch.device, checkpoint: Path | None = None, resume: bool = False,
                   progress: bool = True) -> list[list[float]]:
@@ -358,7 +366,7 @@ def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor,
     the CPU) with class ``labels`` (N,) and install them; returns each member's losses.
 
     Member j starts from initial weights drawn with seed ``config.seed + MEMBER_SEED_STEP * j`` and trains
-    with that seed. With a ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a
+    with that seed (with ``config.bootstrap``, on a resample of ``learn`` drawn with it). With a ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a
     finished member is kept in ``member-j-final``, so ``resume`` continues the member that was interrupted
     and skips those already done.
     """
@@ -374,7 +382,8 @@ def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor,
             continue
         torch.manual_seed(seed)
         initial = FeatureDenoiser.from_config(template)  # seeded initial weights
-        denoiser, member_losses = train_denoiser(initial, learn, labels, replace(config, seed=seed),
+        seen = bootstrap_sample(len(learn), seed) if config.bootstrap else slice(None)
+        denoiser, member_losses = train_denoiser(initial, learn[seen], labels[seen], replace(config, seed=seed),
                                                  detector.alphas_cumprod.cpu(), device, folder, resume, progress)
         if final is not None:
             denoiser.save_pretrained(final, safe_serialization=True)

@@ -115,6 +115,9 @@ HYPOTHESES = {
     "shipped-ens3-attn": Hypothesis("shipped-ens3-attn", {"attention_heads": 4}, detector={**SHIPPED, "members": 3},
                                     by_type=True, what="shipped-ens3 with self-attention over the grid in "
                                     "each denoiser block (4 heads)"),
+    "shipped-ens3-bag": Hypothesis("shipped-ens3-bag", {"bootstrap": True}, detector={**SHIPPED, "members": 3},
+                                   by_type=True, what="shipped-ens3, each denoiser trained on its own bootstrap "
+                                   "resample of the training cells (bagging)"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
