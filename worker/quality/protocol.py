@@ -274,6 +274,7 @@ def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, 
         rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last)
     rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble)
     rows[f"S={steps} path ensemble top4"] = (ensemble.flatten(1).topk(4, dim=1).values.mean(1), ensemble)
+    rows[f"S={steps} path ensemble top16"] = (ensemble.flatten(1).topk(16, dim=1).values.mean(1), ensemble)
     return rows
 
 
@@ -327,11 +328,14 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
             if "shipped" not in variant:
                 score = (score - mean[labels[name]]) / std[labels[name]]
             out[name][variant] = (score, grid, ms[variant])
-    for steps in steps_list:  # the NLL with the top-16 mean instead of the maximum, each standardised as above
-        nll, top = f"S={steps} nll", f"S={steps} top16 mean"
-        for name in out:
-            out[name][f"S={steps} nll+top16"] = ((out[name][nll][0] + out[name][top][0]) / 2, out[name][top][1],
-                                                 ms[nll])
+    # The NLL with the map's top-16 mean, of the last latent or of the path's average map, each
+    # standardised as above (the first is what the shipped score computes).
+    for steps in steps_list:
+        nll = f"S={steps} nll"
+        for top, combined in ((f"S={steps} top16 mean", f"S={steps} nll+top16"),
+                              (f"S={steps} path ensemble top16", f"S={steps} nll+path top16")):
+            for name in out:
+                out[name][combined] = ((out[name][nll][0] + out[name][top][0]) / 2, out[name][top][1], ms[nll])
     out["thresholds"] = thresholds
     out["calib"] = {variant: scored["calib"][variant][0] for variant in thresholds}  # calibrated scores
     return out
