@@ -118,6 +118,10 @@ HYPOTHESES = {
     "shipped-ens3-bag": Hypothesis("shipped-ens3-bag", {"bootstrap": True}, detector={**SHIPPED, "members": 3},
                                    by_type=True, what="shipped-ens3, each denoiser trained on its own bootstrap "
                                    "resample of the training cells (bagging)"),
+    "shipped-ens3-calib30": Hypothesis("shipped-ens3-calib30", {"calib_fraction": 0.3},
+                                       detector={**SHIPPED, "members": 3}, by_type=True,
+                                       what="shipped-ens3 calibrated on 30 % of each type's normals (over 100 "
+                                       "per type) instead of 20 %"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
