@@ -366,9 +366,10 @@ def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor,
     the CPU) with class ``labels`` (N,) and install them; returns each member's losses.
 
     Member j starts from initial weights drawn with seed ``config.seed + MEMBER_SEED_STEP * j`` and trains
-    with that seed (with ``config.bootstrap``, on a resample of ``learn`` drawn with it). With a ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a
-    finished member is kept in ``member-j-final``, so ``resume`` continues the member that was interrupted
-    and skips those already done.
+    with that seed (with ``config.bootstrap``, on a resample of ``learn`` drawn with it). With a
+    ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a finished member is kept in
+    ``member-j-final``, so ``resume`` continues the member that was interrupted and skips those already
+    done.
     """
     template = detector.denoisers[0].config
     trained, losses = [], []
