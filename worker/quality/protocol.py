@@ -57,6 +57,7 @@ class Hypothesis:
 
 
 SHIPPED = {"feature_norm": "position", "score_components": ("nll", "map_top")}  # the sixth round's defaults
+SHIPPED_ENS3 = {**SHIPPED, "members": 3}  # the seventh round's: the bundle defaults the eighth round varies
 HYPOTHESES = {
     "base": Hypothesis("base", what="the defaults before the sixth round (PROTOCOL_DETECTOR), one class"),
     "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
@@ -102,24 +103,23 @@ HYPOTHESES = {
     "shipped": Hypothesis("shipped", detector=SHIPPED, by_type=True, what="the sixth round's bundle defaults: type-posnorm scored by NLL + map_top, one denoiser"),
     "type-posnorm-ens3": Hypothesis("type-posnorm-ens3", detector={"feature_norm": "position", "members": 3},
                                     by_type=True, what="type-posnorm, an ensemble of three denoisers"),
-    "shipped-ens3": Hypothesis("shipped-ens3", detector={**SHIPPED, "members": 3}, by_type=True,
+    "shipped-ens3": Hypothesis("shipped-ens3", detector=SHIPPED_ENS3, by_type=True,
                                what="the bundle defaults since the seventh round: shipped with an ensemble of three denoisers"),
     "shipped-ens5": Hypothesis("shipped-ens5", detector={**SHIPPED, "members": 5}, by_type=True,
                                what="the sixth round's bundle defaults with an ensemble of five denoisers"),
-    "shipped-ens3-tgrid": Hypothesis("shipped-ens3-tgrid", {"timestep_grid": 3}, detector={**SHIPPED, "members": 3},
+    "shipped-ens3-tgrid": Hypothesis("shipped-ens3-tgrid", {"timestep_grid": 3}, detector=SHIPPED_ENS3,
                                      by_type=True, what="shipped-ens3, each denoiser trained only at the 3 "
                                      "timesteps a 3-step inversion evaluates"),
-    "shipped-ens3-lite2": Hypothesis("shipped-ens3-lite2", detector={**SHIPPED, "members": 3,
-                                                                     "backbone": "efficientnet-lite2"},
+    "shipped-ens3-lite2": Hypothesis("shipped-ens3-lite2", detector={**SHIPPED_ENS3, "backbone": "efficientnet-lite2"},
                                      by_type=True, what="shipped-ens3 on EfficientNet-Lite2 features"),
-    "shipped-ens3-attn": Hypothesis("shipped-ens3-attn", {"attention_heads": 4}, detector={**SHIPPED, "members": 3},
+    "shipped-ens3-attn": Hypothesis("shipped-ens3-attn", {"attention_heads": 4}, detector=SHIPPED_ENS3,
                                     by_type=True, what="shipped-ens3 with self-attention over the grid in "
                                     "each denoiser block (4 heads)"),
-    "shipped-ens3-bag": Hypothesis("shipped-ens3-bag", {"bootstrap": True}, detector={**SHIPPED, "members": 3},
+    "shipped-ens3-bag": Hypothesis("shipped-ens3-bag", {"bootstrap": True}, detector=SHIPPED_ENS3,
                                    by_type=True, what="shipped-ens3, each denoiser trained on its own bootstrap "
                                    "resample of the training cells (bagging)"),
     "shipped-ens3-calib30": Hypothesis("shipped-ens3-calib30", {"calib_fraction": 0.3},
-                                       detector={**SHIPPED, "members": 3}, by_type=True,
+                                       detector=SHIPPED_ENS3, by_type=True,
                                        what="shipped-ens3 calibrated on 30 % of each type's normals (over 100 "
                                        "per type) instead of 20 %"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
