@@ -70,6 +70,10 @@ def test_scoring_variants_standardise_each_class_on_its_calibration_normals():
         assert abs(float(normal[:20].mean() - normal[20:].mean())) < 1.5, variant  # one scale for both classes
         if "max" in variant or "gaussian" in variant:  # a top-16 mean of this 4 x 4 grid dilutes one cell
             assert float(scores[40:].min()) > float(normal.max()), variant
+    # the NLL paired with the last latent's map and with the path's averaged map: means of standardised parts
+    rows = out["test"]
+    for top, combined in (("S=1 top16 mean", "S=1 nll+top16"), ("S=1 path ensemble top16", "S=1 nll+path top16")):
+        torch.testing.assert_close(rows[combined][0], (rows["S=1 nll"][0] + rows[top][0]) / 2)
 
 
 def test_the_cli_lists_every_hypothesis():
