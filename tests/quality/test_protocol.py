@@ -76,6 +76,49 @@ def test_scoring_variants_standardise_each_class_on_its_calibration_normals():
         torch.testing.assert_close(rows[combined][0], (rows["S=1 nll"][0] + rows[top][0]) / 2)
 
 
+def test_companion_rows_add_the_other_detectors_map_as_a_standardised_part():
+    """A backbone ensemble in the protocol: the NLL with the companion's top-16 mean, and with both
+    detectors' top-16 means, are means of the (already standardised) parts; the joint row takes the top-16
+    mean of both standardised maps averaged, standardised per class on the calibration normals; the rows'
+    cost counts both detectors."""
+    from worker.quality.protocol import HYPOTHESES, add_companion_rows
+
+    g = torch.Generator().manual_seed(0)
+    calib_labels, test_labels = torch.tensor([0] * 6 + [1] * 6), torch.tensor([0, 0, 1, 1, 1])
+
+    def variants():
+        out = {part: {row: (torch.randn(5, generator=g), torch.randn(5, 4, 4, generator=g), ms)
+                      for row, ms in (("S=3 nll", 2.0), ("S=3 top16 mean", 2.0))} for part in ("test", "loc")}
+        maps = torch.randn(12, 4, 4, generator=g) + 3 * calib_labels[:, None, None]  # class 1 runs hotter
+        out["calib"] = {"maps": {"S=3 top16 mean": maps}, "labels": calib_labels, "classes": 2}
+        out["labels"] = {"test": test_labels, "loc": test_labels}
+        return out
+
+    own, other = variants(), variants()
+    add_companion_rows(own, other, steps_list=(3,))
+    joint_calib = ((own["calib"]["maps"]["S=3 top16 mean"] + other["calib"]["maps"]["S=3 top16 mean"]) / 2)
+    joint_calib = joint_calib.flatten(1).sort(dim=1, descending=True).values[:, :16].mean(1)
+    for part in ("test", "loc"):
+        rows, its = own[part], other[part]
+        assert rows["S=3 companion top16 mean"] is its["S=3 top16 mean"]
+        pair, three = rows["S=3 nll+companion top16"], rows["S=3 nll+top16+companion top16"]
+        torch.testing.assert_close(pair[0], (rows["S=3 nll"][0] + its["S=3 top16 mean"][0]) / 2)
+        torch.testing.assert_close(three[0], (rows["S=3 nll"][0] + rows["S=3 top16 mean"][0]
+                                              + its["S=3 top16 mean"][0]) / 3)
+        joint_map = (rows["S=3 top16 mean"][1] + its["S=3 top16 mean"][1]) / 2
+        torch.testing.assert_close(three[1], joint_map)
+        joint = joint_map.flatten(1).mean(1)  # a 4 x 4 map's top 16 is all of it
+        for c in (0, 1):
+            normals = joint_calib[calib_labels == c]
+            chosen = test_labels == c
+            joint[chosen] = (joint[chosen] - normals.mean()) / normals.std()
+        score, grid, ms = rows["S=3 nll+joint top16"]
+        torch.testing.assert_close(score, (rows["S=3 nll"][0] + joint) / 2, rtol=1e-4, atol=1e-4)
+        assert torch.equal(grid, joint_map) and three[2] == pair[2] == ms == 4.0
+    companions = [h.companion for h in HYPOTHESES.values() if h.companion]
+    assert companions and all(c in HYPOTHESES and not HYPOTHESES[c].companion for c in companions)
+
+
 def test_the_cli_lists_every_hypothesis():
     from worker.quality.cli import HYPOTHESIS_NAMES
     from worker.quality.protocol import HYPOTHESES

@@ -53,6 +53,9 @@ class Hypothesis:
     neighbourhood: int = 1  # average each grid position's features over a k x k neighbourhood
     by_type: bool = False  # one class per ELPV cell type (mono, poly): a class-conditional bundle
     clusters: int = 1  # split each class into this many by k-means on the cells' mean features
+    # another hypothesis, trained on the same seed, whose map's top-16 mean joins this one's scores as a
+    # further standardised part (rows "+companion"): an ensemble across feature extractors
+    companion: str = ""
     what: str = ""
 
 
@@ -122,6 +125,10 @@ HYPOTHESES = {
                                        detector=SHIPPED_ENS3, by_type=True,
                                        what="shipped-ens3 calibrated on 30 % of each type's normals (over 100 "
                                        "per type) instead of 20 %"),
+    "shipped-ens3+lite2": Hypothesis("shipped-ens3+lite2", detector=SHIPPED_ENS3, by_type=True,
+                                     companion="shipped-ens3-lite2",
+                                     what="shipped-ens3 with the map of shipped-ens3-lite2 (its own three "
+                                     "denoisers on EfficientNet-Lite2 features) as a further part of the score"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -341,8 +348,38 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
             for name in out:
                 out[name][combined] = ((out[name][nll][0] + out[name][top][0]) / 2, out[name][top][1], ms[nll])
     out["thresholds"] = thresholds
-    out["calib"] = {variant: scored["calib"][variant][0] for variant in thresholds}  # calibrated scores
+    # what a further standardisation needs (add_companion_rows): every variant's calibration maps
+    out["calib"] = {"maps": {variant: grid for variant, (_, grid) in scored["calib"].items()},
+                    "labels": labels["calib"], "classes": classes}
+    out["labels"] = {name: labels[name] for name in ("test", "loc")}
     return out
+
+
+def add_companion_rows(variants: dict, companion: dict, steps_list: Sequence[int]) -> None:
+    """Rows of a detector scored with its companion's map (both :func:`scoring_variants` of the same
+    images), added to ``variants``: the companion's top-16 mean alone; the NLL with it; the NLL with both
+    maps' top-16 means; and the NLL with the top-16 mean of one *joint* map, the mean of both per-position
+    standardised maps (what a bundle with two backbones would compute), standardised per class on the
+    calibration normals as every other row is. Each row is the mean of its standardised parts."""
+    calib = variants["calib"]
+    for steps in steps_list:
+        nll, top = f"S={steps} nll", f"S={steps} top16 mean"
+        joint_calib = _top16((calib["maps"][top] + companion["calib"]["maps"][top]) / 2)
+        mean, std = class_standardisers(joint_calib, calib["labels"], calib["classes"])
+        for part in ("test", "loc"):
+            rows, other = variants[part], companion[part]
+            (own_nll, _, ms), (own_top, own_map, _), (its_top, its_map, its_ms) = rows[nll], rows[top], other[top]
+            joint_map = (own_map + its_map) / 2
+            labels = variants["labels"][part]
+            joint = (_top16(joint_map) - mean[labels]) / std[labels]
+            rows[f"S={steps} companion top16 mean"] = other[top]
+            rows[f"S={steps} nll+companion top16"] = ((own_nll + its_top) / 2, its_map, ms + its_ms)
+            rows[f"S={steps} nll+top16+companion top16"] = ((own_nll + own_top + its_top) / 3, joint_map, ms + its_ms)
+            rows[f"S={steps} nll+joint top16"] = ((own_nll + joint) / 2, joint_map, ms + its_ms)
+
+
+def _top16(maps: torch.Tensor) -> torch.Tensor:
+    return maps.flatten(1).topk(16, dim=1).values.mean(1)
 
 
 def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, dict]:
@@ -451,6 +488,14 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
     out.parent.mkdir(parents=True, exist_ok=True)
     base_train = base_train or TrainConfig()
     loaded: dict[DetectorConfig, Data] = {}
+
+    def data_for(config: DetectorConfig, keep: Sequence[DetectorConfig]) -> Data:
+        for other in [c for c in loaded if c not in keep]:  # only the feature sets this hypothesis uses
+            del loaded[other]
+        if config not in loaded:
+            loaded[config] = load_data(config, progress)
+        return loaded[config]
+
     done = json.loads(out.read_text())["runs"] if out.is_file() else []
     runs = []
     for name in hypotheses:
@@ -463,12 +508,17 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                 runs.append(previous[0])
                 continue
             config = replace(PROTOCOL_DETECTOR, **hypothesis.detector)
-            if config not in loaded:
-                loaded.clear()  # one feature set in memory at a time
-                loaded[config] = load_data(config, progress)
-            data = loaded[config]
+            companion = HYPOTHESES[hypothesis.companion] if hypothesis.companion else None
+            companion_config = replace(PROTOCOL_DETECTOR, **companion.detector) if companion else None
+            data = data_for(config, keep=(config, companion_config))
             detector, feats, labels, train_s = train_seed(data, config, hypothesis, seed, base_train, progress)
             variants = scoring_variants(detector, feats, labels, steps_list, reconstruction=reconstruction)
+            if companion:
+                other = train_seed(data_for(companion_config, keep=(config, companion_config)), companion_config,
+                                   companion, seed, base_train, progress)
+                add_companion_rows(variants, scoring_variants(*other[:3], steps_list, reconstruction=False),
+                                   steps_list)
+                train_s += other[3]
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
                          "detector_config": hypothesis.detector, "steps": list(steps_list), "neighbourhood": hypothesis.neighbourhood,
