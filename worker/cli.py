@@ -48,12 +48,18 @@ def _tiles(text: str) -> str | tuple[int, int]:
     return rows, cols
 
 
-# worker.core.train.AUGMENTATIONS, worker.core.config.FEATURE_NORMS, DetectorConfig.members and MAX_MEMBERS
-# (those modules import torch; tests keep the copies equal)
+# worker.core.train.AUGMENTATIONS, worker.core.config.FEATURE_NORMS, DetectorConfig.members, MAX_MEMBERS and
+# DetectorConfig.map_backbone (those modules import torch; tests keep the copies equal)
 AUGMENT_CHOICES = ("none", "flips", "dihedral")
 FEATURE_NORM_CHOICES = ("channel", "position")
 DEFAULT_MEMBERS = 3
 MAX_MEMBERS = 8
+DEFAULT_MAP_BACKBONE = ""
+
+
+def _map_backbone(text: str) -> str:
+    """A map backbone's name, or "none" (no map backbone: "")."""
+    return "" if text.strip().lower() in ("none", "") else text.strip()
 
 
 def _members(text: str) -> int:
@@ -76,6 +82,10 @@ def _add_train(sub) -> None:
     p.add_argument("--backbone", default="efficientnet-lite0",
                    help="efficientnet-lite0..4 (packaged weights), efficientnet_b4 or wide_resnet50_2 (--backbone-weights)")
     p.add_argument("--backbone-weights", default=None, help="ImageNet weight file (.pth state dict or .safetensors)")
+    p.add_argument("--map-backbone", type=_map_backbone, default=DEFAULT_MAP_BACKBONE,
+                   help="a second extractor (packaged weights) whose own ensemble adds its map to the backbone's; "
+                        f"none to go without (default {DEFAULT_MAP_BACKBONE or 'none'}; costs its backbone pass "
+                        "and as many denoisers again)")
     p.add_argument("--strides", type=_int_list, default=[4, 8, 16], help="feature strides to tap (default 4,8,16)")
     p.add_argument("--grid-stride", type=int, choices=(4, 8, 16), default=None,
                    help="stride of the latent grid (default: the coarsest tap's; 8 gives 32 x 32 at 256 px)")
@@ -122,7 +132,8 @@ def _run_train(args) -> int:
 
     tiles = tile_layout(args.data) if args.tiles == "auto" else args.tiles
     detector_config = DetectorConfig(name=args.name or Path(args.out).name, image_size=args.image_size, tiles=tiles,
-                                     backbone=args.backbone, strides=tuple(args.strides),
+                                     backbone=args.backbone, map_backbone=args.map_backbone,
+                                     strides=tuple(args.strides),
                                      grid_stride=args.grid_stride or 0, steps=args.steps,
                                      score_components=tuple(c.strip() for c in args.score.split(",") if c.strip()),
                                      target_fpr=args.target_fpr, feature_norm=args.feature_norm,
@@ -247,6 +258,9 @@ def _add_bench(sub) -> None:
                    help="latent grid stride of the untrained default detector (default: 16, a 16 x 16 grid at 256 px)")
     p.add_argument("--backbone", default=None,
                    help="backbone of the untrained default detector (default efficientnet-lite0; packaged weights)")
+    p.add_argument("--map-backbone", type=_map_backbone, default=None,
+                   help=f"map backbone of the untrained default detector, or none (default "
+                        f"{DEFAULT_MAP_BACKBONE or 'none'})")
     p.add_argument("--feature-norm", choices=FEATURE_NORM_CHOICES, default=None,
                    help="the untrained default detector's denoiser input (default position)")
     p.add_argument("--members", type=_members, default=None,

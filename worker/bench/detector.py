@@ -69,7 +69,7 @@ def run_once(detector: Detector, encoded: Sequence[bytes], kind: str, steps: int
     _sync(device)
     times["backbone"] = time.perf_counter() - clock
     labels = torch.zeros(len(x0), dtype=torch.long, device=device)  # a row per tile
-    timer = _EvalTimer(detector.denoisers, device)
+    timer = _EvalTimer([*detector.denoisers, *detector.map_denoisers], device)
     try:
         clock = time.perf_counter()
         comps, grid_map = detector.score_features(x0, labels, kind, steps if kind == "inversion" else None)
@@ -159,17 +159,19 @@ def bench_images(n: int, size: int, seed: int = 0):
 
 
 def build(model: str | None, image_size: int, device: str | None, grid_stride: int | None = None,
-          backbone: str | None = None, feature_norm: str | None = None, members: int | None = None) -> Detector:
+          backbone: str | None = None, feature_norm: str | None = None, members: int | None = None,
+          map_backbone: str | None = None) -> Detector:
     """The bundle at ``model``, else the untrained default architecture at ``image_size`` px, with
-    ``grid_stride``, ``backbone``, ``feature_norm`` and ``members`` if given (what they cost does not depend
-    on trained weights)."""
+    ``grid_stride``, ``backbone``, ``feature_norm``, ``members`` and ``map_backbone`` ("": none) if given
+    (what they cost does not depend on trained weights)."""
     selected = select_device(device)
     if model:
         return Detector.from_pretrained(model, selected)
     config = DetectorConfig(image_size=image_size, grid_stride=grid_stride or 0,
                             backbone=backbone or DetectorConfig.backbone,
                             feature_norm=feature_norm or DetectorConfig.feature_norm,
-                            members=members or DetectorConfig.members)
+                            members=members or DetectorConfig.members,
+                            map_backbone=DetectorConfig.map_backbone if map_backbone is None else map_backbone)
     return build_detector(config, TrainConfig()).to(selected)
 
 
@@ -177,7 +179,7 @@ def run(args: Any) -> int:
     """Entry point of ``invad bench`` (target ``detector``): prints the table, writes ``args.out``; returns 0."""
     detector = build(args.model, args.image_size, args.device, getattr(args, "grid_stride", None),
                      getattr(args, "backbone", None), getattr(args, "feature_norm", None),
-                     getattr(args, "members", None))
+                     getattr(args, "members", None), getattr(args, "map_backbone", None))
     compile_mode = getattr(args, "compile", "off")
     if compile_mode != "off":
         detector.compile_networks(compile_mode)
@@ -187,6 +189,7 @@ def run(args: Any) -> int:
     write(rows, args.out, {"model": args.model or "untrained default", "device": str(detector.device),
                            "compile": compile_mode, "image_size": detector.config.image_size,
                            "grid": detector.extractor.grid, "backbone": detector.config.backbone,
+                           "map_backbone": detector.config.map_backbone,
                            "feature_norm": detector.config.feature_norm, "members": detector.config.members,
                            "autocast": "bf16" if detector.device.type == "cuda" else "off",
                            "channels_last": detector.device.type == "cuda",

@@ -6,6 +6,7 @@
       denoiser/config.json              FeatureDenoiser (diffusers ModelMixin/ConfigMixin)
       denoiser/diffusion_pytorch_model.safetensors
       denoiser_1/, denoiser_2/, ...     the other members of an ensemble (``members`` > 1), same layout
+      map_denoiser/, map_denoiser_1/    with a ``map_backbone``: its ensemble (``members`` of them), same layout
       scheduler/scheduler_config.json   the training noise schedule (diffusers DDIMScheduler)
       calibration_scores.json           optional: each class's calibration normals' image scores (drift watch)
 
@@ -30,6 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -43,6 +45,7 @@ from .inversion import make_scheduler
 CONFIG_FILE = "detector_config.json"
 TENSORS_FILE = "detector.safetensors"
 DENOISER_DIR = "denoiser"
+MAP_DENOISER_DIR = "map_denoiser"
 DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 SCHEDULER_DIR = "scheduler"
 # Optional, so bundles written before it load unchanged (without it the drift watch's score test is off);
@@ -52,15 +55,21 @@ REQUIRED = (CONFIG_FILE, TENSORS_FILE, f"{DENOISER_DIR}/config.json", f"{DENOISE
             f"{SCHEDULER_DIR}/scheduler_config.json")
 
 
-def denoiser_dir(member: int) -> str:
+def denoiser_dir(member: int, base: str = DENOISER_DIR) -> str:
     """The folder of the ensemble's ``member``: ``denoiser`` for the first (every bundle has it), then
-    ``denoiser_1``, ``denoiser_2``, ..."""
-    return DENOISER_DIR if member == 0 else f"{DENOISER_DIR}_{member}"
+    ``denoiser_1``, ``denoiser_2``, ...; with ``base`` MAP_DENOISER_DIR, those of the map backbone's."""
+    return base if member == 0 else f"{base}_{member}"
 
 
-def member_files(members: int) -> list[str]:
-    """The files of the denoisers of an ensemble of ``members``, in member order."""
-    return [f"{denoiser_dir(m)}/{name}" for m in range(members) for name in ("config.json", DENOISER_WEIGHTS)]
+def member_dirs(config: DetectorConfig) -> list[str]:
+    """The folders of every denoiser of a bundle of ``config``: the ensemble's, then the map backbone's."""
+    bases = (DENOISER_DIR, MAP_DENOISER_DIR) if config.map_backbone else (DENOISER_DIR,)
+    return [denoiser_dir(m, base) for base in bases for m in range(config.members)]
+
+
+def member_files(config: DetectorConfig) -> list[str]:
+    """The files of every denoiser of a bundle of ``config``, in :func:`member_dirs` order."""
+    return [f"{folder}/{name}" for folder in member_dirs(config) for name in ("config.json", DENOISER_WEIGHTS)]
 
 log = logging.getLogger("invad.core.bundle")
 
@@ -77,6 +86,7 @@ class BundleContents:
     config: DetectorConfig
     tensors: dict[str, torch.Tensor]  # state-dict keys of the detector, less its denoisers
     denoisers: tuple[FeatureDenoiser, ...]  # config.members of them
+    map_denoisers: tuple[FeatureDenoiser, ...]  # config.members of them with a map_backbone, else none
     scheduler_config: dict
     alphas_cumprod: torch.Tensor  # (T,)
     version: str
@@ -93,11 +103,12 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def bundle_version(path: Path, members: int = 1) -> str:
-    """A content hash of the weight files (the ensemble's in member order): equal bundles have equal
-    versions on every worker; a one-denoiser bundle's is what it was before ensembles."""
+def bundle_version(path: Path, denoisers: Sequence[str] = (DENOISER_DIR,)) -> str:
+    """A content hash of the weight files (those of the ``denoisers`` folders in order, as
+    :func:`member_dirs` lists them): equal bundles have equal versions on every worker; a one-denoiser
+    bundle's is what it was before ensembles."""
     digest = hashlib.sha256()
-    for name in [TENSORS_FILE, *(f"{denoiser_dir(m)}/{DENOISER_WEIGHTS}" for m in range(members))]:
+    for name in [TENSORS_FILE, *(f"{folder}/{DENOISER_WEIGHTS}" for folder in denoisers)]:
         with open(path / name, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -132,17 +143,22 @@ def _schedule_args(scheduler_config: dict) -> dict:
 
 def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[str, torch.Tensor],
                 denoisers: list[FeatureDenoiser], scheduler_config: dict,
-                calibration_scores: dict[str, tuple[float, ...]] | None = None) -> str:
+                calibration_scores: dict[str, tuple[float, ...]] | None = None,
+                map_denoisers: list[FeatureDenoiser] = ()) -> str:
     """Write a bundle folder at ``path``, replacing any bundle there (see the module docstring).
 
     ``tensors``: the detector's state dict less the denoisers (fitted statistics, backbone weights).
-    ``denoisers``: the ensemble, ``config.members`` of them.
+    ``denoisers``: the ensemble, ``config.members`` of them; ``map_denoisers``: the map backbone's, as many
+    (none without one).
     ``calibration_scores``: class -> image scores of its calibration normals (written when given).
     Returns the new bundle's version.
     """
     path = Path(path)
     if len(denoisers) != config.members:
         raise BundleError(f"the config says members={config.members} but {len(denoisers)} denoiser(s) were given")
+    if len(map_denoisers) != (config.members if config.map_backbone else 0):
+        raise BundleError(f"the config says map_backbone={config.map_backbone!r} and members={config.members} but "
+                          f"{len(map_denoisers)} map denoiser(s) were given")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     aside = aside_path(path)
@@ -150,8 +166,8 @@ def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[s
         (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
         save_file(cpu, str(staging / TENSORS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        for member, denoiser in enumerate(denoisers):
-            denoiser.save_pretrained(staging / denoiser_dir(member), safe_serialization=True)
+        for folder, denoiser in zip(member_dirs(config), [*denoisers, *map_denoisers]):
+            denoiser.save_pretrained(staging / folder, safe_serialization=True)
         make_scheduler(**_schedule_args(scheduler_config)).save_pretrained(staging / SCHEDULER_DIR)
         if calibration_scores is not None:
             scores = {name: [float(v) for v in values] for name, values in calibration_scores.items()}
@@ -162,7 +178,7 @@ def save_bundle(path: str | os.PathLike, config: DetectorConfig, tensors: dict[s
             os.rename(aside, path)
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return bundle_version(path, config.members)
+    return bundle_version(path, member_dirs(config))
 
 
 def _bundle_folder(path: Path) -> Path:
@@ -204,16 +220,20 @@ def load_bundle(path: str | os.PathLike) -> BundleContents:
         tensors = load_file(str(folder / TENSORS_FILE))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{folder / TENSORS_FILE} is corrupt: {error}") from error
-    missing = [name for name in member_files(config.members) if not (folder / name).is_file()]
+    missing = [name for name in member_files(config) if not (folder / name).is_file()]
     if missing:
-        raise BundleError(f"bundle {folder} is incomplete: its config says members={config.members} but "
+        raise BundleError(f"bundle {folder} is incomplete: its config says members={config.members}"
+                          f"{f' and map_backbone={config.map_backbone!r}' if config.map_backbone else ''} but "
                           f"{', '.join(missing)} is missing; re-export the bundle with `invad train`")
-    denoisers = tuple(load_denoiser(folder / denoiser_dir(m)) for m in range(config.members))
-    if any(d.architecture != denoisers[0].architecture for d in denoisers[1:]):
-        raise BundleError(f"the denoisers of bundle {folder} differ in configuration; re-export it with `invad train`")
+    loaded = [load_denoiser(folder / name) for name in member_dirs(config)]
+    denoisers, map_denoisers = tuple(loaded[:config.members]), tuple(loaded[config.members:])
+    for group in (denoisers, map_denoisers):
+        if any(d.architecture != group[0].architecture for d in group[1:]):
+            raise BundleError(f"the denoisers of bundle {folder} differ in configuration; re-export it with "
+                              "`invad train`")
     alphas_cumprod = make_scheduler(**_schedule_args(scheduler_config)).alphas_cumprod
-    return BundleContents(folder, config, tensors, denoisers, scheduler_config, alphas_cumprod,
-                          bundle_version(folder, config.members), _calibration_scores(folder, config))
+    return BundleContents(folder, config, tensors, denoisers, map_denoisers, scheduler_config, alphas_cumprod,
+                          bundle_version(folder, member_dirs(config)), _calibration_scores(folder, config))
 
 
 def load_denoiser(folder: Path) -> FeatureDenoiser:
@@ -242,8 +262,9 @@ def _calibration_scores(folder: Path, config: DetectorConfig) -> dict[str, tuple
     return out
 
 
-def restore_tensors(module: nn.Module, contents: BundleContents, skip_prefix: str) -> None:
-    """Load ``contents.tensors`` into ``module``, whose state-dict keys under ``skip_prefix`` are not in them.
+def restore_tensors(module: nn.Module, contents: BundleContents, skip_prefix: str | tuple[str, ...]) -> None:
+    """Load ``contents.tensors`` into ``module``, whose state-dict keys under ``skip_prefix`` (one or a
+    tuple) are not in them.
 
     Raises:
         BundleError: a key is missing or unexpected, or a tensor has the wrong shape.

@@ -48,6 +48,9 @@ class DetectorConfig:
     ``tiles`` (rows, cols) of ``image_size`` squares cover each image (:mod:`worker.core.tiles`).
     ``feature_norm`` is one of :data:`FEATURE_NORMS`; bundles saved before it existed are "channel".
     ``members`` denoisers form an ensemble (1 to :data:`MAX_MEMBERS`); bundles saved before it have one.
+    ``map_backbone`` (optional, "" for none): a second feature extractor whose own ensemble of ``members``
+    denoisers contributes to the map only; the map is the mean of both per-position standardised maps,
+    the NLL stays the first backbone's. Bundles saved before it have none.
     """
 
     name: str = "invad"
@@ -56,6 +59,7 @@ class DetectorConfig:
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet-lite0"
+    map_backbone: str = ""
     strides: tuple[int, ...] = (4, 8, 16)
     grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
     feature_norm: str = "position"
@@ -71,6 +75,11 @@ class DetectorConfig:
 
     def __post_init__(self):
         self.backbone_spec  # validates the backbone, strides, image size and grid
+        if self.map_backbone:
+            if self.map_backbone == self.backbone:
+                raise ValueError(f"map_backbone {self.map_backbone!r} is the backbone itself: name another "
+                                 "extractor, or none")
+            self.map_backbone_spec
         check_layout(self.tiles)
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
@@ -103,6 +112,13 @@ class DetectorConfig:
     def backbone_spec(self) -> BackboneSpec:
         return BackboneSpec(self.backbone, tuple(self.strides), self.image_size, self.grid_stride)
 
+    @property
+    def map_backbone_spec(self) -> BackboneSpec | None:
+        """The map backbone's taps: the same strides, image size and grid as the backbone's; None without one."""
+        if not self.map_backbone:
+            return None
+        return BackboneSpec(self.map_backbone, tuple(self.strides), self.image_size, self.grid_stride)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -115,6 +131,7 @@ class DetectorConfig:
         data = dict(data)
         data.setdefault("feature_norm", "channel")  # written before the option existed: what it was then
         data.setdefault("members", 1)  # written before ensembles: one denoiser
+        data.setdefault("map_backbone", "")  # written before map backbones: none
         for key in ("normalize_mean", "normalize_std", "strides", "classes", "score_components", "tiles"):
             if key in data:
                 data[key] = tuple(data[key])

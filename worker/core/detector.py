@@ -4,6 +4,8 @@
            standardised per channel (and, with feature_norm "position", per class and grid position)
            -> S-step DDIM inversion z = x_S by each denoiser of the ensemble (``members``, three by default)
            -> NLL and latent-norm map, averaged over the members -> calibrated image score and map
+    with a ``map_backbone``: its features join x0's channels, its own ensemble inverts them, and its
+    per-position standardised map is averaged with the first's (the NLL stays the first backbone's)
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
 the Gaussian baseline) are buffers, so they travel with the weights in one bundle
@@ -39,7 +41,8 @@ POSITION_STD_FLOOR = 0.1
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-DENOISERS_PREFIX = "denoisers."  # state-dict keys of the denoisers, which the bundle stores on their own
+# state-dict keys of the denoisers (and the map backbone's), which the bundle stores on their own
+DENOISERS_PREFIXES = ("denoisers.", "map_denoisers.")
 
 
 def member_mean(values) -> torch.Tensor:
@@ -80,13 +83,23 @@ class Detector(nn.Module):
     """InvAD detector. Build with :meth:`from_pretrained`, or :func:`worker.core.train.train` for a new one."""
 
     def __init__(self, config: DetectorConfig, extractor: FeatureExtractor, denoisers: Sequence[FeatureDenoiser],
-                 alphas_cumprod: torch.Tensor, scheduler_config: dict | None = None):
+                 alphas_cumprod: torch.Tensor, scheduler_config: dict | None = None,
+                 map_extractor: FeatureExtractor | None = None, map_denoisers: Sequence[FeatureDenoiser] = ()):
         super().__init__()
+        if bool(config.map_backbone) != (map_extractor is not None):
+            raise ValueError(f"map_backbone={config.map_backbone!r} needs a map extractor exactly when it is set")
+        if map_extractor is not None and map_extractor.grid != extractor.grid:
+            raise ValueError(f"the map backbone's grid ({map_extractor.grid}) differs from the backbone's ({extractor.grid})")
         self.config = config
         self.extractor = extractor
+        self.map_extractor = map_extractor
         self.denoisers = nn.ModuleList()
+        self.map_denoisers = nn.ModuleList()
         self.scheduler_config = scheduler_config or {}
-        k, c, g = len(config.classes), extractor.channels, extractor.grid
+        # channel ranges of x0: the backbone's, then the map backbone's
+        widths = [extractor.channels] + ([map_extractor.channels] if map_extractor is not None else [])
+        self.channel_groups = tuple(slice(sum(widths[:i]), sum(widths[:i + 1])) for i in range(len(widths)))
+        k, c, g = len(config.classes), sum(widths), extractor.grid
         n = len(config.score_components)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone())
         self.register_buffer("pixel_mean", torch.tensor(config.normalize_mean).view(1, 3, 1, 1))
@@ -95,6 +108,9 @@ class Detector(nn.Module):
         self.register_buffer("feature_std", torch.ones(c))
         self.register_buffer("position_mean", torch.zeros(k, g, g))
         self.register_buffer("position_std", torch.ones(k, g, g))
+        if map_extractor is not None:  # the map backbone's latent-norm statistics
+            self.register_buffer("map_position_mean", torch.zeros(k, g, g))
+            self.register_buffer("map_position_std", torch.ones(k, g, g))
         self.register_buffer("calib_mean", torch.zeros(k, n))
         self.register_buffer("calib_std", torch.ones(k, n))
         self.register_buffer("thresholds", torch.full((k,), float("inf")))
@@ -104,7 +120,7 @@ class Detector(nn.Module):
         # saved before they were stored): the drift watch compares live scores with them.
         self.calibration_scores: dict[str, tuple[float, ...]] | None = None
         self.version = "unsaved"
-        self.set_denoisers(denoisers)
+        self.set_denoisers(denoisers, map_denoisers)
         self.eval()
 
     # -- identity -------------------------------------------------------------------------------
@@ -124,15 +140,26 @@ class Detector(nn.Module):
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
 
-    def set_denoisers(self, denoisers: Sequence[FeatureDenoiser]) -> None:
-        """Install the ensemble's denoisers (``config.members`` of them, one architecture), on this device."""
-        denoisers = list(denoisers)
-        if len(denoisers) != self.config.members:
-            raise ValueError(f"this detector's config has members={self.config.members}, got {len(denoisers)} "
-                             "denoiser(s)")
-        if any(d.architecture != denoisers[0].architecture for d in denoisers[1:]):
-            raise ValueError("the denoisers of an ensemble must share one configuration")
+    def set_denoisers(self, denoisers: Sequence[FeatureDenoiser], map_denoisers: Sequence[FeatureDenoiser] = ()) -> None:
+        """Install the ensemble's denoisers (``config.members`` of them, one architecture) and, with a map
+        backbone, its ensemble (as many, on its channels), on this device."""
+        expected = {"denoiser": self.config.members, "map denoiser": self.config.members if self.config.map_backbone else 0}
+        for (what, count), group, channels in zip(expected.items(), (list(denoisers), list(map_denoisers)),
+                                                  (*self.channel_groups, None)):
+            if len(group) != count:
+                raise ValueError(f"this detector's config has members={self.config.members}, got {len(group)} "
+                                 f"{what}(s) (map_backbone {self.config.map_backbone or 'none'}: {count} expected)")
+            if any(d.architecture != group[0].architecture for d in group[1:]):
+                raise ValueError(f"the {what}s of an ensemble must share one configuration")
+            if group and group[0].config.in_channels != channels.stop - channels.start:
+                raise ValueError(f"the {what} take {group[0].config.in_channels} channels, their features have "
+                                 f"{channels.stop - channels.start}")
         self.denoisers = nn.ModuleList(d.to(self.device).eval() for d in denoisers)
+        self.map_denoisers = nn.ModuleList(d.to(self.device).eval() for d in map_denoisers)
+
+    def ensemble(self, group: int) -> nn.ModuleList:
+        """The denoisers of channel group ``group``: 0, the backbone's; 1, the map backbone's."""
+        return (self.denoisers, self.map_denoisers)[group]
 
     def class_indices(self, classes: Sequence[str] | None, batch: int) -> torch.Tensor:
         """(B,) class indices; ``None`` is allowed only for a single-class bundle."""
@@ -197,12 +224,14 @@ class Detector(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             raw = self.extractor(x)
+            if self.map_extractor is not None:
+                raw = torch.cat([raw, self.map_extractor(x)], dim=1)
         return (raw.float() - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
 
-    def eps_fn(self, labels: torch.Tensor, member: int):
-        """eps_theta of the ensemble's ``member`` as a function of (x_t, t) for fixed class labels; float32
-        in and out."""
-        denoiser = self.denoisers[member]
+    def eps_fn(self, labels: torch.Tensor, member: int, group: int = 0):
+        """eps_theta of ``member`` of the ensemble of channel ``group`` (:meth:`ensemble`) as a function of
+        (x_t, t) for fixed class labels; float32 in and out."""
+        denoiser = self.ensemble(group)[member]
         class_labels = labels if denoiser.config.num_classes > 0 else None
 
         def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -211,14 +240,16 @@ class Detector(nn.Module):
 
         return eps
 
-    def inversion_path(self, x: torch.Tensor, labels: torch.Tensor,
-                       steps: int | None = None) -> list[list[torch.Tensor]]:
-        """[x_1, ..., x_S] of the DDIM inversion of the denoiser's input x (B, C, g, g), each a list of the
-        members' states (B, C, g, g); x_S is the latent z. ``steps`` defaults to the bundle's."""
+    def inversion_path(self, x: torch.Tensor, labels: torch.Tensor, steps: int | None = None,
+                       group: int = 0) -> list[list[torch.Tensor]]:
+        """[x_1, ..., x_S] of the DDIM inversion of the denoiser's input x (B, C, g, g) by the ensemble of
+        channel ``group`` (0: the backbone's, on its channels of x; 1: the map backbone's, on its), each a
+        list of the members' states; x_S is the latent z. ``steps`` defaults to the bundle's."""
         timesteps = inversion_timesteps(steps or self.config.steps, len(self.alphas_cumprod))
+        x = x[:, self.channel_groups[group]]
         per_member = []
         for member in range(self.config.members):
-            state, eps, path = x, self.eps_fn(labels, member), []
+            state, eps, path = x, self.eps_fn(labels, member, group), []
             for step in range(len(timesteps) - 1):
                 state = ddim_invert(eps, state, self.alphas_cumprod, timesteps[step:step + 2])
                 path.append(state)
@@ -247,14 +278,19 @@ class Detector(nn.Module):
                  steps: int | None = None) -> dict[str, torch.Tensor]:
         """Unstandardised outputs of one scoring method on features x0 (B, C, g, g).
 
-        inversion: ``norm`` (B, g, g) latent-norm map and ``nll`` (B,); reconstruction: ``norm``, the
-        per-position feature error; both averaged over the ensemble's members. gaussian: ``norm``, the
-        diagonal Mahalanobis distance per position.
+        inversion: ``norm`` (B, g, g) latent-norm map and ``nll`` (B,), and with a map backbone
+        ``map_norm``, its ensemble's latent-norm map; reconstruction: ``norm``, the per-position feature
+        error (the backbone's channels); all averaged over the ensemble's members. gaussian: ``norm``, the
+        diagonal Mahalanobis distance per position (every channel).
         """
         if kind == "inversion":
-            return ensemble_scores(self.inversion_path(self.denoiser_input(x0, labels), labels, steps)[-1])
-        if kind == "reconstruction":
             x = self.denoiser_input(x0, labels)
+            out = ensemble_scores(self.inversion_path(x, labels, steps)[-1])
+            if self.config.map_backbone:
+                out["map_norm"] = ensemble_scores(self.inversion_path(x, labels, steps, group=1)[-1])["norm"]
+            return out
+        if kind == "reconstruction":
+            x = self.denoiser_input(x0, labels)[:, self.channel_groups[0]]
             return {"norm": member_mean(latent_norm_map(x - self.reconstruct(x, labels, member))
                                         for member in range(self.config.members))}
         if kind == "gaussian":
@@ -265,11 +301,15 @@ class Detector(nn.Module):
                        steps: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Image components {name: (B,)} and the grid map (B, g, g) of one method.
 
-        For inversion the map is the latent norm standardised per position with normal statistics.
+        For inversion the map is the latent norm standardised per position with normal statistics (with a
+        map backbone, the mean of both ensembles' maps so standardised).
         """
         raw = self.raw_maps(x0, labels, kind, steps)
         if kind == "inversion":
             grid_map = (raw["norm"] - self.position_mean[labels]) / self.position_std[labels]
+            if "map_norm" in raw:
+                grid_map = (grid_map + (raw["map_norm"] - self.map_position_mean[labels])
+                            / self.map_position_std[labels]) / 2
             return image_components(grid_map, raw["nll"], raw["norm"]), grid_map
         return image_components(raw["norm"]), raw["norm"]
 
@@ -284,9 +324,9 @@ class Detector(nn.Module):
         batch of each new shape pays the compilation; measured by ``invad bench --compile``."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
-        self.extractor.compile(mode=mode, dynamic=False)
-        for denoiser in self.denoisers:
-            denoiser.compile(mode=mode, dynamic=False)
+        for network in [self.extractor, self.map_extractor, *self.denoisers, *self.map_denoisers]:
+            if network is not None:
+                network.compile(mode=mode, dynamic=False)
         return self
 
     # -- the one call the worker makes ----------------------------------------------------------
@@ -337,15 +377,18 @@ class Detector(nn.Module):
         """
         torch_device = select_device(device)
         contents = load_bundle(path)
-        extractor = FeatureExtractor(contents.config.backbone_spec)
-        detector = cls(contents.config, extractor, contents.denoisers, contents.alphas_cumprod,
-                       contents.scheduler_config)
-        restore_tensors(detector, contents, skip_prefix=DENOISERS_PREFIX)
+        config = contents.config
+        map_extractor = FeatureExtractor(config.map_backbone_spec) if config.map_backbone else None
+        detector = cls(config, FeatureExtractor(config.backbone_spec), contents.denoisers, contents.alphas_cumprod,
+                       contents.scheduler_config, map_extractor, contents.map_denoisers)
+        restore_tensors(detector, contents, skip_prefix=DENOISERS_PREFIXES)
         detector.version = contents.version
         detector.calibration_scores = contents.calibration_scores
         detector.to(torch_device)
         if torch_device.type == "cuda":
-            detector.extractor.to(memory_format=torch.channels_last)
+            for extractor in (detector.extractor, detector.map_extractor):
+                if extractor is not None:
+                    extractor.to(memory_format=torch.channels_last)
         return detector.eval()
 
     def save_pretrained(self, path) -> None:
@@ -357,6 +400,6 @@ class Detector(nn.Module):
         if not torch.isfinite(self.thresholds).all() or not torch.isfinite(self.calib_std).all():
             raise BundleError("the detector is not calibrated (non-finite thresholds): calibrate it on normal "
                               "images before saving, e.g. with worker.core.train.calibrate")
-        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith(DENOISERS_PREFIX)}
+        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith(DENOISERS_PREFIXES)}
         self.version = save_bundle(path, self.config, tensors, list(self.denoisers), self.scheduler_config,
-                                   self.calibration_scores)
+                                   self.calibration_scores, list(self.map_denoisers))

@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .backbone import pretrained_extractor
+from .backbone import FeatureExtractor, pretrained_extractor
 from .bundle import DENOISER_WEIGHTS, load_denoiser
 from .config import DetectorConfig
 from .data import normal_training_images, test_samples
@@ -277,12 +277,17 @@ def fit_feature_statistics(detector: Detector, features: torch.Tensor, labels: t
 
 @torch.no_grad()
 def fit_statistics(detector: Detector, features: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> None:
-    """Per-class, per-position latent-norm statistics of the trained denoiser on the training features."""
-    norms = torch.cat([detector.raw_maps(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))["norm"].cpu()
-                       for i in range(0, len(features), batch)])
-    for buffer, fitted in zip((detector.position_mean, detector.position_std),
-                              class_standardisers(norms, labels.cpu(), len(detector.classes))):
-        buffer.copy_(fitted)
+    """Per-class, per-position latent-norm statistics of the trained denoisers on the training features
+    (and of the map backbone's denoisers, with one)."""
+    raw = [detector.raw_maps(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))
+           for i in range(0, len(features), batch)]
+    targets = {"norm": (detector.position_mean, detector.position_std)}
+    if detector.config.map_backbone:
+        targets["map_norm"] = (detector.map_position_mean, detector.map_position_std)
+    for key, buffers in targets.items():
+        norms = torch.cat([r[key].cpu() for r in raw])
+        for buffer, fitted in zip(buffers, class_standardisers(norms, labels.cpu(), len(detector.classes))):
+            buffer.copy_(fitted)
 
 
 @torch.no_grad()
@@ -339,16 +344,26 @@ def calibrate(detector: Detector, features: torch.Tensor, labels: torch.Tensor,
 
 def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
                    backbone_weights: str | None = None) -> Detector:
-    """A detector with ImageNet backbone weights and ``members`` untrained denoisers of the configured shape."""
+    """A detector with ImageNet backbone weights and ``members`` untrained denoisers of the configured shape
+    (and with a map backbone, its packaged weights and as many denoisers for its channels).
+    ``backbone_weights``: a weight file for the backbone (the map backbone's are always packaged ones)."""
     extractor = pretrained_extractor(detector_config.backbone_spec, backbone_weights)
+    map_extractor = (pretrained_extractor(detector_config.map_backbone_spec) if detector_config.map_backbone
+                     else None)
     scheduler = make_scheduler()
     k = len(detector_config.classes)
-    shape = dict(in_channels=extractor.channels, width=train_config.width, num_blocks=train_config.num_blocks,
+    shape = dict(width=train_config.width, num_blocks=train_config.num_blocks,
                  kernel_size=train_config.kernel_size, num_classes=k if k > 1 else 0,
                  position_grid=detector_config.backbone_spec.grid if train_config.position_embedding else 0,
                  attention_heads=train_config.attention_heads)
-    denoisers = [FeatureDenoiser(**shape) for _ in range(detector_config.members)]
-    return Detector(detector_config, extractor, denoisers, scheduler.alphas_cumprod, dict(scheduler.config))
+
+    def ensemble(source: FeatureExtractor | None) -> list[FeatureDenoiser]:
+        if source is None:
+            return []
+        return [FeatureDenoiser(in_channels=source.channels, **shape) for _ in range(detector_config.members)]
+
+    return Detector(detector_config, extractor, ensemble(extractor), scheduler.alphas_cumprod,
+                    dict(scheduler.config), map_extractor, ensemble(map_extractor))
 
 
 MEMBER_SEED_STEP = 1000  # member j of an ensemble trains with seed + 1000 j (member 0 with the seed itself)
@@ -362,36 +377,41 @@ def bootstrap_sample(n: int, seed: int) -> torch.Tensor:
 def train_members(detector: Detector, learn: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
                   device: torch.device, checkpoint: Path | None = None, resume: bool = False,
                   progress: bool = True) -> list[list[float]]:
-    """Train the detector's ``members`` denoisers on ``learn`` (what the denoiser models, (N, C, g, g), on
-    the CPU) with class ``labels`` (N,) and install them; returns each member's losses.
+    """Train the detector's ``members`` denoisers (and with a map backbone, its ``members``) on ``learn``
+    (what the denoisers model, (N, C, g, g), on the CPU; each ensemble learns its own channels) with
+    class ``labels`` (N,) and install them; returns each member's losses (the map backbone's after).
 
-    Member j starts from initial weights drawn with seed ``config.seed + MEMBER_SEED_STEP * j`` and trains
-    with that seed (with ``config.bootstrap``, on a resample of ``learn`` drawn with it). With a
-    ``checkpoint`` folder, member j checkpoints into ``member-j`` there and a finished member is kept in
-    ``member-j-final``, so ``resume`` continues the member that was interrupted and skips those already
-    done.
+    Member j of either ensemble starts from initial weights drawn with seed ``config.seed +
+    MEMBER_SEED_STEP * j`` and trains with that seed (with ``config.bootstrap``, on a resample of
+    ``learn`` drawn with it). With a ``checkpoint`` folder, member j checkpoints into ``member-j`` there
+    (``map-member-j`` for the map backbone's) and a finished member is kept in ``member-j-final``, so
+    ``resume`` continues the member that was interrupted and skips those already done.
     """
-    template = detector.denoisers[0].config
-    trained, losses = [], []
-    for member in range(detector.config.members):
-        seed = config.seed + MEMBER_SEED_STEP * member
-        folder = checkpoint / f"member-{member}" if checkpoint is not None else None
-        final = checkpoint / f"member-{member}-final" if checkpoint is not None else None
-        if resume and final is not None and (final / DENOISER_WEIGHTS).is_file():
-            trained.append(load_denoiser(final))
-            losses.append([])
-            continue
-        torch.manual_seed(seed)
-        initial = FeatureDenoiser.from_config(template)  # seeded initial weights
-        seen = bootstrap_sample(len(learn), seed) if config.bootstrap else slice(None)
-        denoiser, member_losses = train_denoiser(initial, learn[seen], labels[seen], replace(config, seed=seed),
-                                                 detector.alphas_cumprod.cpu(), device, folder, resume, progress)
-        if final is not None:
-            denoiser.save_pretrained(final, safe_serialization=True)
-            shutil.rmtree(folder, ignore_errors=True)
-        trained.append(denoiser)
-        losses.append(member_losses)
-    detector.set_denoisers(trained)
+    ensembles: list[list[FeatureDenoiser]] = []
+    losses: list[list[float]] = []
+    for group, channels in enumerate(detector.channel_groups):
+        template, part, trained = detector.ensemble(group)[0].config, learn[:, channels], []
+        for member in range(detector.config.members):
+            seed = config.seed + MEMBER_SEED_STEP * member
+            name = f"{'map-' if group else ''}member-{member}"
+            folder = checkpoint / name if checkpoint is not None else None
+            final = checkpoint / f"{name}-final" if checkpoint is not None else None
+            if resume and final is not None and (final / DENOISER_WEIGHTS).is_file():
+                trained.append(load_denoiser(final))
+                losses.append([])
+                continue
+            torch.manual_seed(seed)
+            initial = FeatureDenoiser.from_config(template)  # seeded initial weights
+            seen = bootstrap_sample(len(part), seed) if config.bootstrap else slice(None)
+            denoiser, member_losses = train_denoiser(initial, part[seen], labels[seen], replace(config, seed=seed),
+                                                     detector.alphas_cumprod.cpu(), device, folder, resume, progress)
+            if final is not None:
+                denoiser.save_pretrained(final, safe_serialization=True)
+                shutil.rmtree(folder, ignore_errors=True)
+            trained.append(denoiser)
+            losses.append(member_losses)
+        ensembles.append(trained)
+    detector.set_denoisers(*ensembles)
     return losses
 
 
