@@ -259,3 +259,39 @@ def test_an_ensemble_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
         members = [ddim_invert(ensemble.eps_fn(labels[part], m), x, ensemble.alphas_cumprod, [0, 999]) for m in range(2)]
         nll = (latent_nll(members[0]) + latent_nll(members[1])) / 2
         torch.testing.assert_close(comps["nll"], nll)
+
+
+def test_a_map_backbone_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
+    """With a map backbone the protocol trains its ensemble as a detector of that backbone alone would be
+    trained on the same split (so the companion rows measure the same thing), and its shipped row is the
+    bundle's own calibrated score, whose map averages both ensembles' standardised maps."""
+    from worker.core.config import DetectorConfig
+    from worker.core.train import TrainConfig
+    from worker.quality import protocol
+
+    monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
+    config = DetectorConfig(image_size=64, members=1, map_backbone="")
+    with_map = protocol.Hypothesis("map", detector={"map_backbone": "efficientnet-lite2"}, by_type=True)
+    alone = protocol.Hypothesis("lite2", detector={"backbone": "efficientnet-lite2"}, by_type=True)
+    base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
+
+    def trained(hypothesis):  # the same generated cells, with the features of the hypothesis's backbone(s)
+        config_h = replace(config, **hypothesis.detector)
+        return protocol.train_seed(_synthetic_cells(tmp_path, config_h, 24), config_h, hypothesis, 3, base)
+
+    detector, feats, labels, _ = trained(with_map)
+    lite2, lite2_feats, _, _ = trained(alone)
+    group = detector.channel_groups[1]
+    torch.testing.assert_close(feats["test"][:, group], lite2_feats["test"], rtol=1e-4, atol=1e-4)  # per channel
+    torch.testing.assert_close(detector.map_denoisers[0].proj_in.weight, lite2.denoisers[0].proj_in.weight)
+
+    out = protocol.scoring_variants(detector, feats, labels, steps_list=(1,), reconstruction=False)
+    shipped = "S=1 shipped (nll+map_top)"
+    for part in ("test", "loc"):
+        comps, grid = detector.score_features(feats[part], labels[part], "inversion", 1)  # the bundle's code
+        torch.testing.assert_close(out[part][shipped][0], detector.combine(comps, labels[part]))
+        torch.testing.assert_close(out[part][shipped][1], grid)
+        raw = detector.raw_maps(feats[part], labels[part], steps=1)
+        own = (raw["norm"] - detector.position_mean[labels[part]]) / detector.position_std[labels[part]]
+        its = (raw["map_norm"] - detector.map_position_mean[labels[part]]) / detector.map_position_std[labels[part]]
+        torch.testing.assert_close(grid, (own + its) / 2)

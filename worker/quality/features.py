@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,13 @@ def cache_root() -> Path:
 def raw_features(config: DetectorConfig, name: str, paths: Sequence[Path], batch: int = 16,
                  progress: bool = True, augment: str = "none") -> torch.Tensor:
     """Unstandardised features (N, C, g, g) float32 of ``paths`` under ``config``'s backbone, cached;
-    (V * N, C, g, g), view-major, with the V views of ``augment`` (:func:`worker.core.train.extract_features`)."""
+    (V * N, C, g, g), view-major, with the V views of ``augment`` (:func:`worker.core.train.extract_features`).
+    With a map backbone, each backbone's features (cached on their own) concatenated, as the detector's."""
+    if config.map_backbone:
+        alone = replace(config, map_backbone="")
+        return torch.cat([raw_features(alone, name, paths, batch, progress, augment),
+                          raw_features(replace(alone, backbone=config.map_backbone), name, paths, batch, progress,
+                                       augment)], dim=1)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(f"{path}|{Path(path).stat().st_size}\n".encode())

@@ -129,6 +129,10 @@ HYPOTHESES = {
                                      companion="shipped-ens3-lite2",
                                      what="shipped-ens3 with the map of shipped-ens3-lite2 (its own three "
                                      "denoisers on EfficientNet-Lite2 features) as a further part of the score"),
+    "shipped-ens3-maplite2": Hypothesis("shipped-ens3-maplite2",
+                                        detector={**SHIPPED_ENS3, "map_backbone": "efficientnet-lite2"},
+                                        by_type=True, what="shipped-ens3 with an EfficientNet-Lite2 map backbone "
+                                        "(its own three denoisers; the map averages both, the NLL stays Lite0's)"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
@@ -204,7 +208,8 @@ def class_labels(data: Data, hypothesis: Hypothesis, seed: int) -> tuple[tuple[s
 
 # Every hypothesis is a change to this detector: the bundle defaults as every round before the sixth
 # measured them (the denoiser's input standardised per channel only, the score NLL + map_max, one denoiser).
-PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"), members=1)
+PROTOCOL_DETECTOR = DetectorConfig(feature_norm="channel", score_components=("nll", "map_max"), members=1,
+                                   map_backbone="")
 
 
 def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed: int, base_train: TrainConfig,
@@ -251,16 +256,30 @@ def train_seed(data: Data, config: DetectorConfig, hypothesis: Hypothesis, seed:
 
 @torch.no_grad()
 def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
-                   batch: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(norm map (N, g, g), NLL (N,)) of x_1, ..., of x_S] of the DDIM inversion of x0 (S network
-    evaluations per member), each averaged over the members as :meth:`Detector.raw_maps` averages x_S's."""
+                   batch: int = 128) -> list[dict[str, torch.Tensor]]:
+    """[scores of x_1, ..., of x_S] of the DDIM inversion of x0 (S network evaluations per member), each
+    {"norm": (N, g, g), "nll": (N,)} averaged over the members as :meth:`Detector.raw_maps` averages
+    x_S's, and with a map backbone "map_norm", its ensemble's norm map."""
     out: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(steps)]
     for start in range(0, len(x0), batch):
         chunk = labels[start:start + batch]
-        path = detector.inversion_path(detector.denoiser_input(x0[start:start + batch], chunk), chunk, steps)
-        for k, latents in enumerate(path):
+        x = detector.denoiser_input(x0[start:start + batch], chunk)
+        for k, latents in enumerate(detector.inversion_path(x, chunk, steps)):
             out[k].append(ensemble_scores(latents))
-    return [(torch.cat([c["norm"] for c in chunks]), torch.cat([c["nll"] for c in chunks])) for chunks in out]
+        if detector.config.map_backbone:
+            for k, latents in enumerate(detector.inversion_path(x, chunk, steps, group=1)):
+                out[k][-1]["map_norm"] = ensemble_scores(latents)["norm"]
+    return [{key: torch.cat([c[key] for c in chunks]) for key in chunks[0]} for chunks in out]
+
+
+NORM_KEYS = ("norm", "map_norm")  # latent-norm maps of inversion_path, each standardised per position
+
+
+def standardised_map(scores: dict[str, torch.Tensor], stats: dict, labels: torch.Tensor) -> torch.Tensor:
+    """The per-position standardised map of one step's scores, averaged over the norm maps it has (the
+    map backbone's too), as :meth:`Detector.score_features` computes it."""
+    maps = [(scores[key] - stats[key][0][labels]) / stats[key][1][labels] for key in NORM_KEYS if key in scores]
+    return torch.stack(maps).mean(0)
 
 
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
@@ -272,12 +291,12 @@ def shipped_row(config: DetectorConfig, steps: int) -> str:
 
 
 def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
-                    stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Scored:
+                    stats: list[dict]) -> Scored:
     path = inversion_path(detector, x0, labels, steps)
-    maps = [(norm - mean[labels]) / std[labels] for (norm, _), (mean, std) in zip(path, stats)]
+    maps = [standardised_map(scores, step_stats, labels) for scores, step_stats in zip(path, stats)]
     last, ensemble = maps[-1], torch.stack(maps).mean(0)
     flat = last.flatten(1)
-    raw_norm, nll = path[-1]
+    raw_norm, nll = path[-1]["norm"], path[-1]["nll"]
     components = image_components(last, nll, raw_norm)
     rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
             f"S={steps} nll": (nll, last), f"S={steps} map_max": (components["map_max"], last)}
@@ -312,8 +331,11 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
         train_path = inversion_path(detector, feats["train"], labels["train"], steps)
-        stats = [class_standardisers(norm, labels["train"], classes) for norm, _ in train_path]
-        detector.position_mean, detector.position_std = stats[-1]
+        stats = [{key: class_standardisers(scores[key], labels["train"], classes) for key in NORM_KEYS if key in scores}
+                 for scores in train_path]
+        detector.position_mean, detector.position_std = stats[-1]["norm"]
+        if "map_norm" in stats[-1]:
+            detector.map_position_mean, detector.map_position_std = stats[-1]["map_norm"]
         del train_path
         calibrate(detector, feats["calib"], labels["calib"])
         thresholds[shipped_row(detector.config, steps)] = detector.thresholds[labels["test"]].clone()
