@@ -56,6 +56,15 @@ def test_the_map_backbone_features_join_the_backbones_and_its_ensemble_inverts_o
                 + (latent_norm_map(its) - detector.map_position_mean[labels]) / detector.map_position_std[labels]) / 2
     torch.testing.assert_close(grid, expected)
     torch.testing.assert_close(components["nll"], latent_nll(own))
+    # the score averages the NLL, the backbone's map_top and the map backbone's, each standardised
+    assert detector.config.score_columns == ("nll", "map_top", "map_backbone.map_top")
+    theirs = ((latent_norm_map(its) - detector.map_position_mean[labels]) / detector.map_position_std[labels]).flatten(1)
+    mine = ((latent_norm_map(own) - detector.position_mean[labels]) / detector.position_std[labels]).flatten(1)
+    torch.testing.assert_close(components["map_backbone.map_top"], theirs.max(1).values)  # a 4 x 4 grid: top 1
+    torch.testing.assert_close(components["map_top"], mine.max(1).values)
+    columns = torch.stack([latent_nll(own), mine.max(1).values, theirs.max(1).values], dim=1)
+    expected_score = ((columns - detector.calib_mean[labels]) / detector.calib_std[labels]).mean(1)
+    torch.testing.assert_close(detector.combine(components, labels), expected_score)
     # the map backbone's statistics are those of its own norm maps on the training rows
     torch.testing.assert_close(detector.map_position_mean[0], latent_norm_map(its[:10]).mean(0))
     # the baselines: reconstruction by the backbone's ensemble on its channels, the Gaussian on all
@@ -102,6 +111,9 @@ def test_map_backbones_are_validated_where_they_enter():
         DetectorConfig(map_backbone="lite9")
     with pytest.raises(ValueError, match="is the backbone itself"):
         DetectorConfig(map_backbone=DetectorConfig.backbone)
+    assert DetectorConfig(map_backbone="", score_components=("nll", "map_max")).score_columns == ("nll", "map_max")
+    assert DetectorConfig(map_backbone=LITE2, score_components=("nll", "range", "map_max", "map_top")).score_columns \
+        == ("nll", "range", "map_max", "map_top", "map_backbone.map_max", "map_backbone.map_top")
     written_before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "map_backbone"}
     assert DetectorConfig.from_dict(written_before).map_backbone == ""  # bundles before it have none
     detector = build_detector(DetectorConfig(image_size=64, members=1, map_backbone=LITE2), TINY)

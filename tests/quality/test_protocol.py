@@ -286,7 +286,8 @@ def test_a_map_backbone_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch)
     torch.testing.assert_close(detector.map_denoisers[0].proj_in.weight, lite2.denoisers[0].proj_in.weight)
 
     out = protocol.scoring_variants(detector, feats, labels, steps_list=(1,), reconstruction=False)
-    shipped = "S=1 shipped (nll+map_top)"
+    shipped = protocol.shipped_row(detector.config, 1)
+    assert shipped == "S=1 shipped (nll+map_top+map_backbone.map_top)"
     for part in ("test", "loc"):
         comps, grid = detector.score_features(feats[part], labels[part], "inversion", 1)  # the bundle's code
         torch.testing.assert_close(out[part][shipped][0], detector.combine(comps, labels[part]))

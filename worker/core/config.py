@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .backbone import BackboneSpec
 from .inversion import MAX_STEPS
-from .scoring import COMPONENTS
+from .scoring import COMPONENTS, MAP_BACKBONE_PREFIX, MAP_COMPONENTS
 from .tiles import check_layout
 
 FORMAT_VERSION = 1
@@ -49,8 +49,9 @@ class DetectorConfig:
     ``feature_norm`` is one of :data:`FEATURE_NORMS`; bundles saved before it existed are "channel".
     ``members`` denoisers form an ensemble (1 to :data:`MAX_MEMBERS`); bundles saved before it have one.
     ``map_backbone`` (optional, "" for none): a second feature extractor whose own ensemble of ``members``
-    denoisers contributes to the map only; the map is the mean of both per-position standardised maps,
-    the NLL stays the first backbone's. Bundles saved before it have none.
+    denoisers contributes its map only: each map component of ``score_components`` is also computed on
+    its per-position standardised map, as a column of its own (:attr:`score_columns`); the anomaly map
+    is the mean of both maps; the NLL stays the first backbone's. Bundles saved before it have none.
     """
 
     name: str = "invad"
@@ -111,6 +112,15 @@ class DetectorConfig:
     @property
     def backbone_spec(self) -> BackboneSpec:
         return BackboneSpec(self.backbone, tuple(self.strides), self.image_size, self.grid_stride)
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """What the image score averages, each standardised on held-out normals: ``score_components``,
+        then with a map backbone its own column of each map component (:data:`MAP_COMPONENTS`)."""
+        if not self.map_backbone:
+            return tuple(self.score_components)
+        theirs = [MAP_BACKBONE_PREFIX + c for c in self.score_components if c in MAP_COMPONENTS]
+        return (*self.score_components, *theirs)
 
     @property
     def map_backbone_spec(self) -> BackboneSpec | None:

@@ -30,7 +30,7 @@ from .config import DetectorConfig
 from .denoiser import FeatureDenoiser
 from .images import model_input
 from .inversion import ddim_invert, ddim_sample, inversion_timesteps, q_sample
-from .scoring import image_components, latent_nll, latent_norm_map, upsample_map
+from .scoring import image_components, latent_nll, latent_norm_map, score_components, upsample_map
 from .tiles import image_max, join_tiles, split_tiles
 
 # Floor of a position's standard deviation when the denoiser's input is standardised per position, in
@@ -100,7 +100,7 @@ class Detector(nn.Module):
         widths = [extractor.channels] + ([map_extractor.channels] if map_extractor is not None else [])
         self.channel_groups = tuple(slice(sum(widths[:i]), sum(widths[:i + 1])) for i in range(len(widths)))
         k, c, g = len(config.classes), sum(widths), extractor.grid
-        n = len(config.score_components)
+        n = len(config.score_columns)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone())
         self.register_buffer("pixel_mean", torch.tensor(config.normalize_mean).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(config.normalize_std).view(1, 3, 1, 1))
@@ -301,21 +301,23 @@ class Detector(nn.Module):
                        steps: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Image components {name: (B,)} and the grid map (B, g, g) of one method.
 
-        For inversion the map is the latent norm standardised per position with normal statistics (with a
-        map backbone, the mean of both ensembles' maps so standardised).
+        For inversion the map is the latent norm standardised per position with normal statistics; with a
+        map backbone, its ensemble's map so standardised adds its components, and the map is the mean of both
+        (:func:`~worker.core.scoring.score_components`).
         """
         raw = self.raw_maps(x0, labels, kind, steps)
         if kind == "inversion":
             grid_map = (raw["norm"] - self.position_mean[labels]) / self.position_std[labels]
+            theirs = None
             if "map_norm" in raw:
-                grid_map = (grid_map + (raw["map_norm"] - self.map_position_mean[labels])
-                            / self.map_position_std[labels]) / 2
-            return image_components(grid_map, raw["nll"], raw["norm"]), grid_map
+                theirs = (raw["map_norm"] - self.map_position_mean[labels]) / self.map_position_std[labels]
+            return score_components(grid_map, raw["nll"], raw["norm"], theirs)
         return image_components(raw["norm"]), raw["norm"]
 
     def combine(self, components: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Calibrated image score: the mean of the standardised configured components, (B,)."""
-        stacked = torch.stack([components[name] for name in self.config.score_components], dim=1)  # (B, n)
+        """Calibrated image score: the mean of the standardised configured components (with a map backbone,
+        also its map's: ``config.score_columns``), (B,)."""
+        stacked = torch.stack([components[name] for name in self.config.score_columns], dim=1)  # (B, n)
         return ((stacked - self.calib_mean[labels]) / self.calib_std[labels]).mean(dim=1)
 
     def compile_networks(self, mode: str = "default") -> "Detector":

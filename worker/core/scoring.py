@@ -24,6 +24,10 @@ from scipy.stats import beta
 from .images import pixel_shape
 
 COMPONENTS = ("nll", "range", "map_max", "map_mean", "map_top")
+# Components of a map: with a map backbone each is also computed on its map, as a column of its own
+# named with this prefix ("map_backbone.map_top"), standardised and averaged like the others.
+MAP_COMPONENTS = ("map_max", "map_mean", "map_top")
+MAP_BACKBONE_PREFIX = "map_backbone."
 # map_top's share of the grid: 16 positions of 16 x 16. A defect covers a few positions, and one noisy
 # position (often at the border) moves the maximum but not this mean; on ELPV NLL + map_top beat
 # NLL + map_max in each of 3 seeds, with either feature_norm (docs/BENCHMARKS.md, sixth round).
@@ -59,6 +63,19 @@ def image_components(maps: torch.Tensor, nll: torch.Tensor | None = None,
     if raw_norm is not None:
         components["range"] = spatial_range(raw_norm)
     return components
+
+
+def score_components(maps: torch.Tensor, nll: torch.Tensor, raw_norm: torch.Tensor,
+                     map_backbone_maps: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The components of an inversion's per-position standardised map (B, h, w), NLL and raw norm map,
+    and with a map backbone its standardised map's :data:`MAP_COMPONENTS` (prefixed with
+    :data:`MAP_BACKBONE_PREFIX`); and the anomaly map: the map, or the mean of both maps."""
+    components = image_components(maps, nll, raw_norm)
+    if map_backbone_maps is None:
+        return components, maps
+    theirs = image_components(map_backbone_maps)
+    components.update({MAP_BACKBONE_PREFIX + name: theirs[name] for name in MAP_COMPONENTS})
+    return components, (maps + map_backbone_maps) / 2
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:

@@ -292,18 +292,18 @@ def fit_statistics(detector: Detector, features: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def component_matrix(detector: Detector, features: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """(N, n_components) raw values of the configured score components."""
+    """(N, n_columns) raw values of the configured score components (``config.score_columns``)."""
     rows = []
     for i in range(0, len(features), batch):
         comps, _ = detector.score_features(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))
-        rows.append(torch.stack([comps[c] for c in detector.config.score_components], dim=1).cpu())
+        rows.append(torch.stack([comps[c] for c in detector.config.score_columns], dim=1).cpu())
     return torch.cat(rows)
 
 
 def _combined(detector: Detector, values: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Calibrated image scores (N,) from the (N * T, n_components) matrix of :func:`component_matrix`
     of N images' tiles with their (N * T,) labels: each image's highest tile score."""
-    columns = {c: values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_components)}
+    columns = {c: values[:, i].to(detector.device) for i, c in enumerate(detector.config.score_columns)}
     return detector.per_image(detector.combine(columns, labels.to(detector.device))).cpu().numpy()
 
 

@@ -33,7 +33,7 @@ from ..core.detector import Detector, ensemble_scores
 from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, image_components
+from ..core.scoring import class_standardisers, score_components
 from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics,
                           fit_feature_statistics, split_normals, train_members)
 from .defects import localisation_sources, write_localisation_set
@@ -275,11 +275,12 @@ def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, s
 NORM_KEYS = ("norm", "map_norm")  # latent-norm maps of inversion_path, each standardised per position
 
 
-def standardised_map(scores: dict[str, torch.Tensor], stats: dict, labels: torch.Tensor) -> torch.Tensor:
-    """The per-position standardised map of one step's scores, averaged over the norm maps it has (the
-    map backbone's too), as :meth:`Detector.score_features` computes it."""
-    maps = [(scores[key] - stats[key][0][labels]) / stats[key][1][labels] for key in NORM_KEYS if key in scores]
-    return torch.stack(maps).mean(0)
+def step_components(scores: dict[str, torch.Tensor], stats: dict,
+                    labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Components and map of one step's scores, each norm map (the map backbone's too) standardised
+    per position with ``stats``, as :meth:`Detector.score_features` computes them for the last step."""
+    maps = {key: (scores[key] - stats[key][0][labels]) / stats[key][1][labels] for key in NORM_KEYS if key in scores}
+    return score_components(maps["norm"], scores["nll"], scores["norm"], maps.get("map_norm"))
 
 
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
@@ -287,17 +288,17 @@ Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores
 
 def shipped_row(config: DetectorConfig, steps: int) -> str:
     """The name of the row that scores as a bundle of ``config`` would, at ``steps``."""
-    return f"S={steps} shipped ({'+'.join(config.score_components)})"
+    return f"S={steps} shipped ({'+'.join(config.score_columns)})"
 
 
 def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
                     stats: list[dict]) -> Scored:
     path = inversion_path(detector, x0, labels, steps)
-    maps = [standardised_map(scores, step_stats, labels) for scores, step_stats in zip(path, stats)]
-    last, ensemble = maps[-1], torch.stack(maps).mean(0)
+    scored = [step_components(scores, step_stats, labels) for scores, step_stats in zip(path, stats)]
+    components, last = scored[-1]
+    ensemble = torch.stack([grid for _, grid in scored]).mean(0)
     flat = last.flatten(1)
-    raw_norm, nll = path[-1]["norm"], path[-1]["nll"]
-    components = image_components(last, nll, raw_norm)
+    nll = path[-1]["nll"]
     rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
             f"S={steps} nll": (nll, last), f"S={steps} map_max": (components["map_max"], last)}
     for k in TOPK:
