@@ -58,8 +58,9 @@ def test_the_map_backbone_features_join_the_backbones_and_its_ensemble_inverts_o
     torch.testing.assert_close(components["nll"], latent_nll(own))
     # the score averages the NLL, the backbone's map_top and the map backbone's, each standardised
     assert detector.config.score_columns == ("nll", "map_top", "map_backbone.map_top")
-    theirs = ((latent_norm_map(its) - detector.map_position_mean[labels]) / detector.map_position_std[labels]).flatten(1)
-    mine = ((latent_norm_map(own) - detector.position_mean[labels]) / detector.position_std[labels]).flatten(1)
+    theirs = (latent_norm_map(its) - detector.map_position_mean[labels]) / detector.map_position_std[labels]
+    mine = (latent_norm_map(own) - detector.position_mean[labels]) / detector.position_std[labels]
+    theirs, mine = theirs.flatten(1), mine.flatten(1)
     torch.testing.assert_close(components["map_backbone.map_top"], theirs.max(1).values)  # a 4 x 4 grid: top 1
     torch.testing.assert_close(components["map_top"], mine.max(1).values)
     columns = torch.stack([latent_nll(own), mine.max(1).values, theirs.max(1).values], dim=1)
@@ -104,6 +105,11 @@ def test_a_map_backbone_bundle_round_trips_and_refuses_a_missing_member(tmp_path
     (mismatched / "detector_config.json").write_text(json.dumps({**config, "map_backbone": ""}))
     with pytest.raises(BundleError, match="does not match detector_config.json"):
         Detector.from_pretrained(mismatched, "cpu")
+    # nor does a map backbone whose denoisers were trained on another extractor's channels
+    (mismatched / "detector_config.json").write_text(json.dumps({**config, "map_backbone": "efficientnet-lite0",
+                                                                "backbone": "efficientnet-lite2"}))
+    with pytest.raises(BundleError, match="does not fit together: the denoisers take 176 channels"):
+        Detector.from_pretrained(mismatched, "cpu")
 
 
 def test_map_backbones_are_validated_where_they_enter():
@@ -111,6 +117,9 @@ def test_map_backbones_are_validated_where_they_enter():
         DetectorConfig(map_backbone="lite9")
     with pytest.raises(ValueError, match="is the backbone itself"):
         DetectorConfig(map_backbone=DetectorConfig.backbone)
+    for bad in (None, 5, ["efficientnet-lite2"]):  # what a hand-edited detector_config.json could hold
+        with pytest.raises(ValueError, match="map_backbone must be a backbone's name"):
+            DetectorConfig.from_dict({**DetectorConfig().to_dict(), "map_backbone": bad})
     assert DetectorConfig(map_backbone="", score_components=("nll", "map_max")).score_columns == ("nll", "map_max")
     assert DetectorConfig(map_backbone=LITE2, score_components=("nll", "range", "map_max", "map_top")).score_columns \
         == ("nll", "range", "map_max", "map_top", "map_backbone.map_max", "map_backbone.map_top")

@@ -76,6 +76,8 @@ class DetectorConfig:
 
     def __post_init__(self):
         self.backbone_spec  # validates the backbone, strides, image size and grid
+        if not isinstance(self.map_backbone, str):
+            raise ValueError(f"map_backbone must be a backbone's name or \"\" (none), got {self.map_backbone!r}")
         if self.map_backbone:
             if self.map_backbone == self.backbone:
                 raise ValueError(f"map_backbone {self.map_backbone!r} is the backbone itself: name another "

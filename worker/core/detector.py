@@ -4,8 +4,9 @@
            standardised per channel (and, with feature_norm "position", per class and grid position)
            -> S-step DDIM inversion z = x_S by each denoiser of the ensemble (``members``, three by default)
            -> NLL and latent-norm map, averaged over the members -> calibrated image score and map
-    with a ``map_backbone``: its features join x0's channels, its own ensemble inverts them, and its
-    per-position standardised map is averaged with the first's (the NLL stays the first backbone's)
+    with a ``map_backbone``: its features join x0's channels and its own ensemble inverts them; its
+    per-position standardised map adds score columns of its own and is averaged into the anomaly map
+    (the NLL stays the first backbone's)
 
 Fitted statistics (feature standardisation, per-position latent statistics, calibration, thresholds,
 the Gaussian baseline) are buffers, so they travel with the weights in one bundle
@@ -89,7 +90,8 @@ class Detector(nn.Module):
         if bool(config.map_backbone) != (map_extractor is not None):
             raise ValueError(f"map_backbone={config.map_backbone!r} needs a map extractor exactly when it is set")
         if map_extractor is not None and map_extractor.grid != extractor.grid:
-            raise ValueError(f"the map backbone's grid ({map_extractor.grid}) differs from the backbone's ({extractor.grid})")
+            raise ValueError(f"the map backbone's grid ({map_extractor.grid}) differs from the backbone's "
+                             f"({extractor.grid})")
         self.config = config
         self.extractor = extractor
         self.map_extractor = map_extractor
@@ -140,10 +142,12 @@ class Detector(nn.Module):
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
 
-    def set_denoisers(self, denoisers: Sequence[FeatureDenoiser], map_denoisers: Sequence[FeatureDenoiser] = ()) -> None:
+    def set_denoisers(self, denoisers: Sequence[FeatureDenoiser],
+                      map_denoisers: Sequence[FeatureDenoiser] = ()) -> None:
         """Install the ensemble's denoisers (``config.members`` of them, one architecture) and, with a map
         backbone, its ensemble (as many, on its channels), on this device."""
-        expected = {"denoiser": self.config.members, "map denoiser": self.config.members if self.config.map_backbone else 0}
+        members = self.config.members
+        expected = {"denoiser": members, "map denoiser": members if self.config.map_backbone else 0}
         for (what, count), group, channels in zip(expected.items(), (list(denoisers), list(map_denoisers)),
                                                   (*self.channel_groups, None)):
             if len(group) != count:
@@ -152,7 +156,7 @@ class Detector(nn.Module):
             if any(d.architecture != group[0].architecture for d in group[1:]):
                 raise ValueError(f"the {what}s of an ensemble must share one configuration")
             if group and group[0].config.in_channels != channels.stop - channels.start:
-                raise ValueError(f"the {what} take {group[0].config.in_channels} channels, their features have "
+                raise ValueError(f"the {what}s take {group[0].config.in_channels} channels, their features have "
                                  f"{channels.stop - channels.start}")
         self.denoisers = nn.ModuleList(d.to(self.device).eval() for d in denoisers)
         self.map_denoisers = nn.ModuleList(d.to(self.device).eval() for d in map_denoisers)
@@ -302,8 +306,8 @@ class Detector(nn.Module):
         """Image components {name: (B,)} and the grid map (B, g, g) of one method.
 
         For inversion the map is the latent norm standardised per position with normal statistics; with a
-        map backbone, its ensemble's map so standardised adds its components, and the map is the mean of both
-        (:func:`~worker.core.scoring.score_components`).
+        map backbone, its ensemble's map so standardised adds its components, and the map is the mean of
+        both (:func:`~worker.core.scoring.score_components`).
         """
         raw = self.raw_maps(x0, labels, kind, steps)
         if kind == "inversion":
@@ -381,8 +385,12 @@ class Detector(nn.Module):
         contents = load_bundle(path)
         config = contents.config
         map_extractor = FeatureExtractor(config.map_backbone_spec) if config.map_backbone else None
-        detector = cls(config, FeatureExtractor(config.backbone_spec), contents.denoisers, contents.alphas_cumprod,
-                       contents.scheduler_config, map_extractor, contents.map_denoisers)
+        try:
+            detector = cls(config, FeatureExtractor(config.backbone_spec), contents.denoisers,
+                           contents.alphas_cumprod, contents.scheduler_config, map_extractor, contents.map_denoisers)
+        except ValueError as error:  # e.g. denoisers for other features than the config's backbones give
+            raise BundleError(f"bundle {contents.folder} does not fit together: {error}; re-export it with "
+                              "`invad train`") from error
         restore_tensors(detector, contents, skip_prefix=DENOISERS_PREFIXES)
         detector.version = contents.version
         detector.calibration_scores = contents.calibration_scores
