@@ -13,6 +13,7 @@ HYPOTHESIS_NAMES = ("base", "nbhd3", "type", "type-nbhd3", "grid8", "type-grid8"
                     "type-posnorm", "type-ens3", "shipped", "type-posnorm-ens3", "shipped-ens3", "shipped-ens5",
                     "shipped-ens3-tgrid", "shipped-ens3-lite2", "shipped-ens3-attn", "shipped-ens3-bag",
                     "shipped-ens3-calib30", "shipped-ens3+lite2", "shipped-ens3-maplite2",
+                    "shipped-ens3-maplite2-calib30",
                     "long", "wide")
 
 

@@ -61,6 +61,7 @@ class Hypothesis:
 
 SHIPPED = {"feature_norm": "position", "score_components": ("nll", "map_top")}  # the sixth round's defaults
 SHIPPED_ENS3 = {**SHIPPED, "members": 3}  # the seventh round's: the bundle defaults the eighth round varies
+SHIPPED_MAP = {**SHIPPED_ENS3, "map_backbone": "efficientnet-lite2"}  # the ninth round's
 HYPOTHESES = {
     "base": Hypothesis("base", what="the defaults before the sixth round (PROTOCOL_DETECTOR), one class"),
     "nbhd3": Hypothesis("nbhd3", neighbourhood=3, what="3x3 neighbourhood mean of the feature grid"),
@@ -129,10 +130,14 @@ HYPOTHESES = {
                                      companion="shipped-ens3-lite2",
                                      what="shipped-ens3 with the map of shipped-ens3-lite2 (its own three "
                                      "denoisers on EfficientNet-Lite2 features) as a further part of the score"),
-    "shipped-ens3-maplite2": Hypothesis("shipped-ens3-maplite2",
-                                        detector={**SHIPPED_ENS3, "map_backbone": "efficientnet-lite2"},
-                                        by_type=True, what="shipped-ens3 with an EfficientNet-Lite2 map backbone "
-                                        "(its own three denoisers; the map averages both, the NLL stays Lite0's)"),
+    "shipped-ens3-maplite2": Hypothesis("shipped-ens3-maplite2", detector=SHIPPED_MAP, by_type=True,
+                                        what="shipped-ens3 with an EfficientNet-Lite2 map backbone (its own three "
+                                        "denoisers; its map's top 1/16 joins the score, the NLL stays Lite0's): "
+                                        "the bundle defaults since the ninth round"),
+    "shipped-ens3-maplite2-calib30": Hypothesis("shipped-ens3-maplite2-calib30", {"calib_fraction": 0.3},
+                                                detector=SHIPPED_MAP, by_type=True,
+                                                what="shipped-ens3-maplite2 calibrated on 30 % of each type's "
+                                                "normals (over 100 per type) instead of 20 %"),
     "long": Hypothesis("long", {"iterations": 3000}, what="3000 training steps"),
     "wide": Hypothesis("wide", {"width": 512}, what="denoiser width 512"),
 }
