@@ -88,14 +88,16 @@ def _cached_bundle(name: str, make) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, texture_category) -> Path:
     """A real detector bundle: Lite0 features at 128 px, a small denoiser trained for a few hundred steps,
-    calibrated on 24 held-out normals (cached across sessions, see _cached_bundle)."""
+    calibrated on 24 held-out normals (cached across sessions, see _cached_bundle). Without the default
+    map backbone: the pipeline's tests need a real bundle, not the default's second backbone
+    (tests/core/test_map_backbone.py, the CLI training test and the demo's test cover that)."""
     import shutil
 
     from worker.core.config import DetectorConfig
     from worker.core.train import TrainConfig, train
 
     def make(out: Path) -> None:
-        train([texture_category], out, DetectorConfig(name="tiny", image_size=TINY_IMAGE_SIZE),
+        train([texture_category], out, DetectorConfig(name="tiny", image_size=TINY_IMAGE_SIZE, map_backbone=""),
               TrainConfig(iterations=300, batch_size=16, width=32, num_blocks=2, kernel_size=3, warmup=20,
                           checkpoint_every=1000, calib_fraction=0.3),
               progress=False)

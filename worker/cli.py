@@ -54,7 +54,7 @@ AUGMENT_CHOICES = ("none", "flips", "dihedral")
 FEATURE_NORM_CHOICES = ("channel", "position")
 DEFAULT_MEMBERS = 3
 MAX_MEMBERS = 8
-DEFAULT_MAP_BACKBONE = ""
+DEFAULT_MAP_BACKBONE = "efficientnet-lite2"
 
 
 def _map_backbone(text: str) -> str:
@@ -100,7 +100,8 @@ def _add_train(sub) -> None:
                         "network evaluations per image)")
     p.add_argument("--steps", type=positive_int, default=3, help="DDIM inversion steps S (1..10, default 3)")
     p.add_argument("--score", default="nll,map_top",
-                   help="score components: nll, range, map_max, map_mean, map_top (default nll,map_top)")
+                   help="score components: nll, range, map_max, map_mean, map_top (default nll,map_top); with a map "
+                        "backbone each map component is also scored on its map, as a column of its own")
     p.add_argument("--target-fpr", type=_probability, default=0.01, help="false-positive rate on normals (default 0.01)")
     p.add_argument("--validation", default=None, help="labelled MVTec-layout category (or 'elpv'): F1-max threshold")
     p.add_argument("--iterations", type=positive_int, default=None, help="denoiser training steps (default 300)")

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-DEMO_CONFIG_VERSION = 6  # bump when the demo's training recipe changes, so cached bundles are retrained
+DEMO_CONFIG_VERSION = 7  # bump when the demo's training recipe changes, so cached bundles are retrained
 
 
 def add_demo(sub) -> None:

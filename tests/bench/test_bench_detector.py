@@ -72,4 +72,6 @@ def test_bench_of_an_untrained_ensemble_counts_every_member_s_evaluations(tmp_pa
     capsys.readouterr()
     report = json.loads(out_file.read_text())
     inversion = next(r for r in report["rows"] if r["method"] == "inversion")
-    assert report["meta"]["members"] == 2 and inversion["denoiser_evals"] == 4
+    # two members of each backbone (the map backbone by default), two steps each
+    assert report["meta"]["members"] == 2 and report["meta"]["map_backbone"] == "efficientnet-lite2"
+    assert inversion["denoiser_evals"] == 8

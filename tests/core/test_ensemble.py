@@ -24,7 +24,7 @@ TINY = TrainConfig(iterations=8, batch_size=4, width=16, num_blocks=1, warmup=2)
 def _trained_pair(tmp_path=None):
     """A two-member detector trained (briefly) on generated textures, with its features and labels."""
     torch.manual_seed(0)
-    detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    detector = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     images, _ = make_texture_images(16, size=64)
     features = detector.features(detector.to_pixels(images))
     labels = torch.zeros(len(features), dtype=torch.long)
@@ -44,7 +44,8 @@ def test_the_ensemble_averages_its_members_latent_maps_and_nlls():
     torch.testing.assert_close(raw["nll"], (latent_nll(latents[0]) + latent_nll(latents[1])) / 2)
     # each member alone is the one-denoiser detector of that denoiser
     for member, denoiser in enumerate(detector.denoisers):
-        alone = Detector(DetectorConfig(image_size=64, members=1), detector.extractor, [denoiser], detector.alphas_cumprod)
+        alone = Detector(DetectorConfig(image_size=64, members=1, map_backbone=""), detector.extractor, [denoiser],
+                         detector.alphas_cumprod)
         alone.load_state_dict({k: v for k, v in detector.state_dict().items() if not k.startswith("denoisers.")},
                               strict=False)
         torch.testing.assert_close(alone.raw_maps(features, labels)["nll"], latent_nll(latents[member]))
@@ -54,8 +55,8 @@ def test_the_ensemble_averages_its_members_latent_maps_and_nlls():
 
 
 def test_member_zero_is_the_single_denoiser_of_the_seed_and_the_others_have_their_own():
-    single = build_detector(DetectorConfig(image_size=64, members=1), TINY)
-    pair = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    single = build_detector(DetectorConfig(image_size=64, members=1, map_backbone=""), TINY)
+    pair = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     features = torch.randn(12, single.extractor.channels, single.extractor.grid, single.extractor.grid)
     labels = torch.zeros(12, dtype=torch.long)
     seed = 5
@@ -63,7 +64,7 @@ def test_member_zero_is_the_single_denoiser_of_the_seed_and_the_others_have_thei
     train_members(single, features, labels, config, torch.device("cpu"), progress=False)
     train_members(pair, features, labels, config, torch.device("cpu"), progress=False)
     assert torch.equal(single.denoisers[0].proj_in.weight, pair.denoisers[0].proj_in.weight)
-    third = build_detector(DetectorConfig(image_size=64, members=1), TINY)
+    third = build_detector(DetectorConfig(image_size=64, members=1, map_backbone=""), TINY)
     moved = TrainConfig(**{**TINY.__dict__, "seed": seed + MEMBER_SEED_STEP})
     train_members(third, features, labels, moved, torch.device("cpu"), progress=False)
     assert torch.equal(third.denoisers[0].proj_in.weight, pair.denoisers[1].proj_in.weight)
@@ -72,7 +73,7 @@ def test_member_zero_is_the_single_denoiser_of_the_seed_and_the_others_have_thei
 def test_resuming_keeps_finished_members_without_training_them_again(tmp_path, monkeypatch):
     from worker.core import train as core_train
 
-    detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    detector = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     features = torch.randn(12, detector.extractor.channels, detector.extractor.grid, detector.extractor.grid)
     labels = torch.zeros(12, dtype=torch.long)
     checkpoint = tmp_path / "b.checkpoint"
@@ -84,7 +85,7 @@ def test_resuming_keeps_finished_members_without_training_them_again(tmp_path, m
         raise AssertionError("a finished member was trained again")
 
     monkeypatch.setattr(core_train, "train_denoiser", refuse)
-    again = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    again = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     train_members(again, features, labels, TINY, torch.device("cpu"), checkpoint, resume=True, progress=False)
     assert all(torch.equal(d.proj_in.weight, w) for d, w in zip(again.denoisers, weights))
     with pytest.raises(AssertionError, match="trained again"):  # without --resume every member trains
@@ -133,10 +134,11 @@ def test_members_are_validated_everywhere_they_enter():
     for bad in (0, MAX_MEMBERS + 1, 2.0, True):
         with pytest.raises(ValueError, match="members must be a whole number of denoisers"):
             DetectorConfig(members=bad)
-    detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    detector = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     with pytest.raises(ValueError, match="members=2, got 1 denoiser"):
         detector.set_denoisers(detector.denoisers[:1])
-    wider = build_detector(DetectorConfig(image_size=64, members=1), TrainConfig(width=32, num_blocks=1)).denoisers[0]
+    wider = build_detector(DetectorConfig(image_size=64, members=1, map_backbone=""),
+                           TrainConfig(width=32, num_blocks=1)).denoisers[0]
     with pytest.raises(ValueError, match="share one configuration"):
         detector.set_denoisers([detector.denoisers[0], wider])
     parser = build_parser()
@@ -149,7 +151,7 @@ def test_members_are_validated_everywhere_they_enter():
 def test_bagged_members_each_learn_their_own_reproducible_resample(monkeypatch):
     from worker.core import train as core_train
 
-    detector = build_detector(DetectorConfig(image_size=64, members=2), TINY)
+    detector = build_detector(DetectorConfig(image_size=64, members=2, map_backbone=""), TINY)
     features = torch.arange(12.0)[:, None, None, None].expand(12, detector.extractor.channels,
                                                              detector.extractor.grid, detector.extractor.grid)
     labels = torch.arange(12) % 2

@@ -27,7 +27,7 @@ def test_new_bundles_standardise_per_position_and_older_ones_keep_what_they_had(
 
 
 def test_the_denoiser_input_is_each_class_s_deviation_at_each_position_with_a_floor_on_the_spread():
-    detector = build_detector(DetectorConfig(image_size=64, classes=("a", "b")), TINY)
+    detector = build_detector(DetectorConfig(image_size=64, classes=("a", "b"), map_backbone=""), TINY)
     c, g = detector.extractor.channels, detector.extractor.grid
     features = torch.randn(40, c, g, g) * 2 + torch.arange(g, dtype=torch.float)  # each column its own mean
     labels = torch.tensor([0, 1] * 20)

@@ -98,7 +98,8 @@ def test_an_image_scores_as_its_highest_tile_and_its_map_keeps_its_shape(tiled, 
     whole = tiled.predict([image])
     assert whole.anomaly_map.shape == (1, SIZE, 2 * SIZE)
 
-    square = Detector(replace(tiled.config, tiles=(1, 1)), tiled.extractor, tiled.denoisers, tiled.alphas_cumprod)
+    square = Detector(replace(tiled.config, tiles=(1, 1)), tiled.extractor, tiled.denoisers, tiled.alphas_cumprod,
+                      map_extractor=tiled.map_extractor, map_denoisers=tiled.map_denoisers)
     square.load_state_dict(tiled.state_dict())
     halves = square.predict([image.crop((0, 0, SIZE, SIZE)), image.crop((SIZE, 0, 2 * SIZE, SIZE))])
     # the same numbers through other memory layouts (tiles cut from one tensor vs separate crops): float32

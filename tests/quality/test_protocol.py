@@ -48,7 +48,7 @@ def test_scoring_variants_standardise_each_class_on_its_calibration_normals():
     from worker.quality.protocol import scoring_variants
 
     torch.manual_seed(0)
-    detector = build_detector(DetectorConfig(image_size=64, classes=("a", "b")),
+    detector = build_detector(DetectorConfig(image_size=64, classes=("a", "b"), map_backbone=""),
                               TrainConfig(width=16, num_blocks=1)).eval()
     c, g = detector.extractor.channels, detector.extractor.grid
 
@@ -152,7 +152,7 @@ def test_an_augmenting_hypothesis_trains_on_every_view_and_keeps_one_view_for_st
     from worker.quality.features import cache_root
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
-    config = DetectorConfig(image_size=64)
+    config = DetectorConfig(image_size=64, map_backbone="")
     data = _synthetic_cells(tmp_path, config, 20)
     from worker.core import train as core_train
 
@@ -239,7 +239,7 @@ def test_an_ensemble_is_scored_as_its_bundle_scores_it(tmp_path, monkeypatch):
     from worker.quality import protocol
 
     monkeypatch.setenv("INVAD_CACHE", str(tmp_path / "cache"))
-    config = DetectorConfig(image_size=64, members=1)
+    config = DetectorConfig(image_size=64, members=1, map_backbone="")
     data = _synthetic_cells(tmp_path, config, 24)
     base = TrainConfig(iterations=5, batch_size=4, width=16, num_blocks=1, warmup=1, calib_fraction=0.25)
     pair = protocol.Hypothesis("pair", detector={"members": 2}, by_type=True)

@@ -21,6 +21,10 @@ MAX_MEMBERS = 8
 # Three by default: on ELPV better than one denoiser in every one of 3 seeds (docs/BENCHMARKS.md, seventh
 # round); on CPU the two extra denoisers add about 8 ms per image to roughly 55 ms of backbone and the rest.
 DEFAULT_MEMBERS = 3
+# EfficientNet-Lite2 as the map backbone by default: on ELPV the NLL + both backbones' map_top beat the
+# NLL + Lite0's map_top in every one of 3 seeds (0.904 against 0.885), and its averaged anomaly map
+# localises better (docs/BENCHMARKS.md, ninth round); it costs a second backbone pass and ensemble.
+DEFAULT_MAP_BACKBONE = "efficientnet-lite2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCORE_KINDS = ("inversion", "reconstruction", "gaussian")
@@ -60,7 +64,7 @@ class DetectorConfig:
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet-lite0"
-    map_backbone: str = ""
+    map_backbone: str = DEFAULT_MAP_BACKBONE
     strides: tuple[int, ...] = (4, 8, 16)
     grid_stride: int = 0  # the latent grid's stride (0: the coarsest tap's, 16 by default)
     feature_norm: str = "position"

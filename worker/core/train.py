@@ -483,7 +483,8 @@ def train(data: Sequence[str | os.PathLike], out: str | os.PathLike, detector_co
         "bundle": str(out), "version": detector.version, "classes": list(names),
         "train_images": int(as_is.sum()) // tiles, "train_views": AUGMENTATIONS[augment],
         "tiles": list(detector_config.tiles), "calibration": calibration,
-        "members": detector_config.members,  # final_loss: the mean of the members trained in this run
+        "members": detector_config.members, "map_backbone": detector_config.map_backbone or None,
+        # final_loss: the mean of the members trained in this run
         "final_loss": float(np.mean([np.mean(m[-50:]) for m in losses if m])) if any(losses) else None,
         "seconds": {"features": t_features - clock, "denoiser": t_train - t_features,
                     "total": time.perf_counter() - clock},
