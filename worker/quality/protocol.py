@@ -386,9 +386,10 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
 def add_companion_rows(variants: dict, companion: dict, steps_list: Sequence[int]) -> None:
     """Rows of a detector scored with its companion's map (both :func:`scoring_variants` of the same
     images), added to ``variants``: the companion's top-16 mean alone; the NLL with it; the NLL with both
-    maps' top-16 means; and the NLL with the top-16 mean of one *joint* map, the mean of both per-position
-    standardised maps (what a bundle with two backbones would compute), standardised per class on the
-    calibration normals as every other row is. Each row is the mean of its standardised parts."""
+    maps' top-16 means (what a bundle with a map backbone computes: ``DetectorConfig.score_columns``); and
+    the NLL with the top-16 mean of one *joint* map, the mean of both per-position standardised maps
+    (measured, not kept), standardised per class on the calibration normals as every other row is. Each
+    row is the mean of its standardised parts."""
     calib = variants["calib"]
     for steps in steps_list:
         nll, top = f"S={steps} nll", f"S={steps} top16 mean"
