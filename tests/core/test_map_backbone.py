@@ -8,6 +8,7 @@ import torch
 
 from synthetic import make_texture_images
 from worker.cli import DEFAULT_MAP_BACKBONE, build_parser
+from worker.core.backbone import BackboneWeightsError
 from worker.core.bundle import BundleError
 from worker.core.config import DetectorConfig
 from worker.core.detector import Detector
@@ -130,6 +131,9 @@ def test_map_backbones_are_validated_where_they_enter():
         detector.set_denoisers(detector.denoisers)
     with pytest.raises(ValueError, match="take 192 channels, their features have"):
         detector.set_denoisers(detector.map_denoisers, detector.map_denoisers)
+
+    with pytest.raises(BackboneWeightsError, match="map backbone efficientnet_b4: a map backbone takes packaged"):
+        build_detector(DetectorConfig(image_size=64, members=1, map_backbone="efficientnet_b4"), TINY)
 
     assert DEFAULT_MAP_BACKBONE == DetectorConfig.map_backbone
     parser = build_parser()

