@@ -59,6 +59,15 @@ def ensemble_scores(latents: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
             "nll": member_mean(latent_nll(z) for z in latents)}
 
 
+def standardised_scores(raw: dict[str, torch.Tensor], statistics: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                        labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Image components and grid map (:func:`~worker.core.scoring.score_components`) of an inversion's
+    raw outputs (:meth:`Detector.raw_maps`), each latent-norm map standardised per position with the
+    (mean, std) (K, g, g) of its key in ``statistics`` (:attr:`Detector.position_statistics`)."""
+    maps = {key: (raw[key] - mean[labels]) / std[labels] for key, (mean, std) in statistics.items()}
+    return score_components(maps["norm"], raw["nll"], raw["norm"], maps.get("map_norm"))
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Per-image results of one batch (field names follow anomalib's)."""
@@ -146,20 +155,30 @@ class Detector(nn.Module):
                       map_denoisers: Sequence[FeatureDenoiser] = ()) -> None:
         """Install the ensemble's denoisers (``config.members`` of them, one architecture) and, with a map
         backbone, its ensemble (as many, on its channels), on this device."""
-        members = self.config.members
-        expected = {"denoiser": members, "map denoiser": members if self.config.map_backbone else 0}
-        for (what, count), group, channels in zip(expected.items(), (list(denoisers), list(map_denoisers)),
-                                                  (*self.channel_groups, None)):
-            if len(group) != count:
-                raise ValueError(f"this detector's config has members={self.config.members}, got {len(group)} "
+        groups = {"denoiser": list(denoisers), "map denoiser": list(map_denoisers)}
+        for group, (what, given) in enumerate(groups.items()):
+            count = self.config.members if group < len(self.channel_groups) else 0
+            if len(given) != count:
+                raise ValueError(f"this detector's config has members={self.config.members}, got {len(given)} "
                                  f"{what}(s) (map_backbone {self.config.map_backbone or 'none'}: {count} expected)")
-            if any(d.architecture != group[0].architecture for d in group[1:]):
+            if any(d.architecture != given[0].architecture for d in given[1:]):
                 raise ValueError(f"the {what}s of an ensemble must share one configuration")
-            if group and group[0].config.in_channels != channels.stop - channels.start:
-                raise ValueError(f"the {what}s take {group[0].config.in_channels} channels, their features have "
-                                 f"{channels.stop - channels.start}")
+            if given:
+                channels = self.channel_groups[group]
+                if given[0].config.in_channels != channels.stop - channels.start:
+                    raise ValueError(f"the {what}s take {given[0].config.in_channels} channels, their features "
+                                     f"have {channels.stop - channels.start}")
         self.denoisers = nn.ModuleList(d.to(self.device).eval() for d in denoisers)
         self.map_denoisers = nn.ModuleList(d.to(self.device).eval() for d in map_denoisers)
+
+    @property
+    def position_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The per-position (mean, std) buffers (K, g, g) of each latent-norm map :meth:`raw_maps` gives:
+        "norm", and with a map backbone "map_norm"."""
+        statistics = {"norm": (self.position_mean, self.position_std)}
+        if self.config.map_backbone:
+            statistics["map_norm"] = (self.map_position_mean, self.map_position_std)
+        return statistics
 
     def ensemble(self, group: int) -> nn.ModuleList:
         """The denoisers of channel group ``group``: 0, the backbone's; 1, the map backbone's."""
@@ -311,11 +330,7 @@ class Detector(nn.Module):
         """
         raw = self.raw_maps(x0, labels, kind, steps)
         if kind == "inversion":
-            grid_map = (raw["norm"] - self.position_mean[labels]) / self.position_std[labels]
-            theirs = None
-            if "map_norm" in raw:
-                theirs = (raw["map_norm"] - self.map_position_mean[labels]) / self.map_position_std[labels]
-            return score_components(grid_map, raw["nll"], raw["norm"], theirs)
+            return standardised_scores(raw, self.position_statistics, labels)
         return image_components(raw["norm"]), raw["norm"]
 
     def combine(self, components: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

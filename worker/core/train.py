@@ -281,10 +281,7 @@ def fit_statistics(detector: Detector, features: torch.Tensor, labels: torch.Ten
     (and of the map backbone's denoisers, with one)."""
     raw = [detector.raw_maps(features[i:i + batch].to(detector.device), labels[i:i + batch].to(detector.device))
            for i in range(0, len(features), batch)]
-    targets = {"norm": (detector.position_mean, detector.position_std)}
-    if detector.config.map_backbone:
-        targets["map_norm"] = (detector.map_position_mean, detector.map_position_std)
-    for key, buffers in targets.items():
+    for key, buffers in detector.position_statistics.items():
         norms = torch.cat([r[key].cpu() for r in raw])
         for buffer, fitted in zip(buffers, class_standardisers(norms, labels.cpu(), len(detector.classes))):
             buffer.copy_(fitted)

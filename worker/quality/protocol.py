@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from ..core.config import DetectorConfig
 from ..core.data import ELPV_TYPES, elpv_split, mvtec_test_set
-from ..core.detector import Detector, ensemble_scores
+from ..core.detector import Detector, ensemble_scores, standardised_scores
 from ..core.evaluate import pixel_maps
 from ..core.images import load_mask
 from ..core.metrics import aupro, image_metrics, pixel_auroc
-from ..core.scoring import class_standardisers, score_components
+from ..core.scoring import class_standardisers
 from ..core.train import (AUGMENTATIONS, TrainConfig, build_detector, calibrate, feature_statistics,
                           fit_feature_statistics, split_normals, train_members)
 from .defects import localisation_sources, write_localisation_set
@@ -277,15 +277,9 @@ def inversion_path(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, s
     return [{key: torch.cat([c[key] for c in chunks]) for key in chunks[0]} for chunks in out]
 
 
-NORM_KEYS = ("norm", "map_norm")  # latent-norm maps of inversion_path, each standardised per position
-
-
-def step_components(scores: dict[str, torch.Tensor], stats: dict,
-                    labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Components and map of one step's scores, each norm map (the map backbone's too) standardised
-    per position with ``stats``, as :meth:`Detector.score_features` computes them for the last step."""
-    maps = {key: (scores[key] - stats[key][0][labels]) / stats[key][1][labels] for key in NORM_KEYS if key in scores}
-    return score_components(maps["norm"], scores["nll"], scores["norm"], maps.get("map_norm"))
+def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of the k highest positions of each map: (N, g, g) -> (N,) (k = 1: the maximum)."""
+    return maps.flatten(1).topk(k, dim=1).values.mean(1)
 
 
 Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {variant: (image scores (N,), grid maps (N, g, g))}
@@ -299,18 +293,18 @@ def shipped_row(config: DetectorConfig, steps: int) -> str:
 def _inversion_rows(detector: Detector, x0: torch.Tensor, labels: torch.Tensor, steps: int,
                     stats: list[dict]) -> Scored:
     path = inversion_path(detector, x0, labels, steps)
-    scored = [step_components(scores, step_stats, labels) for scores, step_stats in zip(path, stats)]
+    # each step's maps standardised with that step's statistics, as score_features does for the last
+    scored = [standardised_scores(scores, step_stats, labels) for scores, step_stats in zip(path, stats)]
     components, last = scored[-1]
     ensemble = torch.stack([grid for _, grid in scored]).mean(0)
-    flat = last.flatten(1)
     nll = path[-1]["nll"]
     rows = {shipped_row(detector.config, steps): (detector.combine(components, labels), last),
             f"S={steps} nll": (nll, last), f"S={steps} map_max": (components["map_max"], last)}
     for k in TOPK:
-        rows[f"S={steps} top{k} mean"] = (flat.topk(k, dim=1).values.mean(1), last)
-    rows[f"S={steps} path ensemble max"] = (ensemble.flatten(1).max(1).values, ensemble)
-    rows[f"S={steps} path ensemble top4"] = (ensemble.flatten(1).topk(4, dim=1).values.mean(1), ensemble)
-    rows[f"S={steps} path ensemble top16"] = (ensemble.flatten(1).topk(16, dim=1).values.mean(1), ensemble)
+        rows[f"S={steps} top{k} mean"] = (topk_mean(last, k), last)
+    rows[f"S={steps} path ensemble max"] = (topk_mean(ensemble, 1), ensemble)
+    for k in TOPK:
+        rows[f"S={steps} path ensemble top{k}"] = (topk_mean(ensemble, k), ensemble)
     return rows
 
 
@@ -337,11 +331,11 @@ def scoring_variants(detector: Detector, feats: dict[str, torch.Tensor], labels:
         # Per-position statistics of every step's latent norm on the training normals (the last step's
         # are the bundle's position statistics, as fit_statistics computes them), then calibration.
         train_path = inversion_path(detector, feats["train"], labels["train"], steps)
-        stats = [{key: class_standardisers(scores[key], labels["train"], classes) for key in NORM_KEYS if key in scores}
-                 for scores in train_path]
-        detector.position_mean, detector.position_std = stats[-1]["norm"]
-        if "map_norm" in stats[-1]:
-            detector.map_position_mean, detector.map_position_std = stats[-1]["map_norm"]
+        stats = [{key: class_standardisers(scores[key], labels["train"], classes)
+                  for key in detector.position_statistics} for scores in train_path]
+        for key, buffers in detector.position_statistics.items():
+            for buffer, fitted in zip(buffers, stats[-1][key]):
+                buffer.copy_(fitted)
         del train_path
         calibrate(detector, feats["calib"], labels["calib"])
         thresholds[shipped_row(detector.config, steps)] = detector.thresholds[labels["test"]].clone()
@@ -393,22 +387,18 @@ def add_companion_rows(variants: dict, companion: dict, steps_list: Sequence[int
     calib = variants["calib"]
     for steps in steps_list:
         nll, top = f"S={steps} nll", f"S={steps} top16 mean"
-        joint_calib = _top16((calib["maps"][top] + companion["calib"]["maps"][top]) / 2)
+        joint_calib = topk_mean((calib["maps"][top] + companion["calib"]["maps"][top]) / 2, 16)
         mean, std = class_standardisers(joint_calib, calib["labels"], calib["classes"])
         for part in ("test", "loc"):
             rows, other = variants[part], companion[part]
             (own_nll, _, ms), (own_top, own_map, _), (its_top, its_map, its_ms) = rows[nll], rows[top], other[top]
             joint_map = (own_map + its_map) / 2
             labels = variants["labels"][part]
-            joint = (_top16(joint_map) - mean[labels]) / std[labels]
+            joint = (topk_mean(joint_map, 16) - mean[labels]) / std[labels]
             rows[f"S={steps} companion top16 mean"] = other[top]
             rows[f"S={steps} nll+companion top16"] = ((own_nll + its_top) / 2, its_map, ms + its_ms)
             rows[f"S={steps} nll+top16+companion top16"] = ((own_nll + own_top + its_top) / 3, joint_map, ms + its_ms)
             rows[f"S={steps} nll+joint top16"] = ((own_nll + joint) / 2, joint_map, ms + its_ms)
-
-
-def _top16(maps: torch.Tensor) -> torch.Tensor:
-    return maps.flatten(1).topk(16, dim=1).values.mean(1)
 
 
 def _metrics(variants: dict, data: Data, size: int, sigma: float) -> dict[str, dict]:
@@ -550,7 +540,8 @@ def run(hypotheses: Sequence[str], seeds: Sequence[int], out: str | Path, base_t
                 train_s += other[3]
             rows = _metrics(variants, data, config.image_size, config.map_sigma)
             runs.append({"hypothesis": name, "what": hypothesis.what, "seed": seed, "train_config": tc,
-                         "detector_config": hypothesis.detector, "steps": list(steps_list), "neighbourhood": hypothesis.neighbourhood,
+                         "detector_config": hypothesis.detector, "steps": list(steps_list),
+                         "neighbourhood": hypothesis.neighbourhood,
                          "by_type": hypothesis.by_type, "train_seconds": train_s, "rows": rows})
             if progress:
                 head = rows[shipped_row(config, steps_list[0])]
