@@ -117,7 +117,8 @@ class FeatureDenoiser(ModelMixin, ConfigMixin):
         self.proj_in = nn.Conv2d(in_channels, width, 1)
         self.position_embedding = (nn.Parameter(0.02 * torch.randn(1, width, position_grid, position_grid))
                                    if position_grid else None)
-        self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups, attention_heads) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(_Block(width, cond_dim, kernel_size, groups, attention_heads)
+                                    for _ in range(num_blocks))
         self.norm_out = nn.GroupNorm(groups, width)
         self.proj_out = nn.Conv2d(width, in_channels, 1)
 
